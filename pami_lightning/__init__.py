@@ -1,0 +1,20 @@
+"""pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
+
+from .explainer import PAMI, REFERENCE_SHIFTS
+from .maskers import Blur, Constant, Masker
+from .partitions import Partition, SlidingWindow, Superpixels, register_segmenter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAMI",
+    "REFERENCE_SHIFTS",
+    "Partition",
+    "SlidingWindow",
+    "Superpixels",
+    "register_segmenter",
+    "Masker",
+    "Blur",
+    "Constant",
+    "__version__",
+]

@@ -1,0 +1,345 @@
+"""PAMI: the engine. Partition -> mask -> forward -> score -> aggregate (paper Eq. 1)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ._modes import eval_mode
+from .maskers import Blur, Masker, as_masker
+from .partitions.base import Partition, Parts, PartsOrFuture
+from .partitions.sliding_window import SlidingWindow
+from .scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, top1
+from .visualize import colorize
+
+__all__ = ["PAMI", "REFERENCE_SHIFTS", "TargetSpec"]
+
+TargetSpec = Union[int, Sequence[int], Tensor, None]
+
+#: The reference code's shift augmentation: identity plus circular shifts of 36, 30 and 24 pixels
+#: up, down, left and right (13 views).
+REFERENCE_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
+    s for d in (36, 30, 24) for s in ((d, 0), (-d, 0), (0, d), (0, -d))
+)
+
+
+@dataclass
+class _Sums:
+    """Per-call accumulators of Eq. 1 and the state a forward batch needs."""
+
+    heat: Tensor  # [B, *spatial], sum of s_j m_j
+    cover: Tensor  # [B, *spatial], N: number of parts covering each pixel
+    bad: Tensor  # [B], count of non-finite scores
+    buffer: Tensor  # [batch_size, C, *spatial], masked inputs
+    target_cpu: Tensor | None  # user-given targets, checked against the number of outputs
+
+
+@dataclass
+class _Item:
+    """One view of one input: what the masked inputs of its parts are blended from."""
+
+    owner: int
+    shift: tuple[int, ...]
+    x: Tensor
+    substrate: Tensor
+    target: Tensor
+    groups: Sequence[PartsOrFuture]
+
+
+class PAMI:
+    """Black-box explanations by Partitioning the input and Aggregating the model's outputs.
+
+    For each part ``j`` of an input (a window or a superpixel) the model sees the input with only
+    that part kept and the rest masked, ``x_j = where(m_j, x, substrate(x))``; its score for the
+    target class ``f_k(x_j)`` is spread over the part, and every pixel's value is the mean over the
+    parts that cover it (paper Eq. 1): ``h = sum_j f_k(x_j) m_j / N``. Pixels no part covers get 0.
+
+    Masked inputs of all inputs are packed into full forward batches of ``batch_size``; masks are
+    built slice by slice on the input's device, blended with one ``where`` per slice, and aggregated
+    with one matmul per batch. The model runs under ``torch.inference_mode()`` in eval mode (every
+    submodule's mode is restored afterwards). Segmentations run in a thread pool and overlap the
+    forward passes.
+
+    Args:
+        model: an ``nn.Module`` or any callable mapping inputs ``[N, C, *spatial]`` to outputs
+            (``[N, K]`` for the built-in ``output`` modes).
+        partition: how inputs are split (default ``SlidingWindow(radius=40, stride=6)``, the paper's
+            strategy I; ``Superpixels.paper()`` is strategy II).
+        masker: what replaces the removed part: ``Blur(49, 100)`` (default, the paper's),
+            ``Constant(0.0)`` (black), ``Constant(1.0)`` (white), or a callable ``x -> substrate``.
+        preprocess: applied to each batch of masked inputs before the model, e.g. mean/std
+            normalisation; masking happens in pixel space, before it (default: none).
+        output: ``"softmax"`` (default: the probability of the target class), ``"sigmoid"``
+            (multi-label), ``"identity"`` (raw logit or regression value), or a callable
+            ``(outputs, target [N]) -> scores [N]``.
+        batch_size: masked inputs per forward call (default 64).
+        second_run: re-partition the colour-mapped first map and explain again (paper Fig. 11);
+            the second map is returned. Needs a content-aware partition such as ``Superpixels``.
+        shifts: views ``[(dy, dx), ...]`` of circularly shifted inputs, each explained and shifted
+            back before Eq. 1 pools them (``REFERENCE_SHIFTS``, or ``"reference"``, are the reference
+            code's 13 views). Include ``(0, 0)`` to keep the unshifted view. Default: none.
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype
+            (``torch.bfloat16`` / ``torch.float16``); scores and aggregation stay float32/float64.
+        num_workers: threads for segmentation (default ``min(8, os.cpu_count())``).
+        progress: show a tqdm bar (default: only when stderr is a terminal).
+
+    Example:
+        >>> import torch
+        >>> from pami_lightning import PAMI, SlidingWindow, Constant
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+        >>> explainer = PAMI(model, partition=SlidingWindow(radius=8, stride=4), masker=Constant(0.0))
+        >>> heatmaps, target = explainer.explain(torch.rand(2, 3, 32, 32), return_target=True)
+        >>> heatmaps.shape, target.shape
+        (torch.Size([2, 32, 32]), torch.Size([2]))
+    """
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Any],
+        partition: Partition | None = None,
+        masker: Masker | Callable[[Tensor], Tensor] | None = None,
+        preprocess: Callable[[Tensor], Tensor] | None = None,
+        output: OutputSpec = "softmax",
+        batch_size: int = 64,
+        *,
+        second_run: bool = False,
+        shifts: Sequence[Sequence[int]] | str | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        num_workers: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable inputs -> outputs; got {type(model).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.model = model
+        self.partition = partition if partition is not None else SlidingWindow()
+        if not isinstance(self.partition, Partition):
+            raise TypeError(f"partition must be a Partition (SlidingWindow, Superpixels, ...); got {type(partition).__name__}")
+        self.masker = as_masker(masker if masker is not None else Blur())
+        self.preprocess = preprocess
+        self.output = output
+        self.score_fn = resolve_output(output)
+        self.batch_size = int(batch_size)
+        if second_run and not self.partition.content_aware:
+            raise ValueError(f"second_run=True re-partitions the first map, which needs a content-aware partition such as Superpixels; got {self.partition!r}")
+        self.second_run = bool(second_run)
+        if isinstance(shifts, str):
+            if shifts != "reference":
+                raise ValueError(f'shifts must be a list of (dy, dx) views or "reference"; got "{shifts}"')
+            shifts = REFERENCE_SHIFTS
+        self.shifts = [tuple(int(v) for v in s) for s in shifts] if shifts is not None else None
+        if self.shifts is not None:
+            if not self.shifts:
+                raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
+            bad = [s for s in self.shifts if len(s) != self.partition.spatial_dims]
+            if bad:
+                raise ValueError(f"each shift needs {self.partition.spatial_dims} offsets (one per spatial axis); got {bad[0]}")
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16; got {autocast_dtype}")
+        self.autocast_dtype = autocast_dtype
+        self.num_workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1; got {num_workers}")
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public API
+
+    def explain(self, inputs: Tensor, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Importance maps of ``inputs`` for ``target``.
+
+        Args:
+            inputs: ``[B, C, H, W]`` images in pixel space (``[0, 1]``) — or ``[B, C, *spatial]`` for
+                the partition's ``spatial_dims``.
+            target: class explained per input: ``None`` (default: each input's top-1 class on the
+                unmasked input), an int for all inputs, or a list / ``[B]`` tensor of ints.
+            return_target: also return the ``[B]`` long tensor of the classes explained.
+
+        Returns:
+            float32 heatmaps ``[B, *spatial]`` on the inputs' device (and the targets if asked).
+        """
+        self._check_inputs(inputs)
+        with torch.inference_mode(), eval_mode(self.model):
+            targets = self._targets(inputs, target)
+            given = targets.cpu() if target is not None else None
+            heat = self._aggregate(inputs, targets, given, guides=None)
+            if self.second_run:
+                heat = self._aggregate(inputs, targets, given, guides=colorize(heat))
+        # Clones made outside inference mode are ordinary tensors users may edit in place.
+        heat, targets = heat.clone(), targets.clone()
+        return (heat, targets) if return_target else heat
+
+    def attribute(self, inputs: Tensor, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Alias of :meth:`explain` for Captum users."""
+        return self.explain(inputs, target, return_target=return_target)
+
+    __call__ = explain
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_inputs(self, inputs: Tensor) -> None:
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor [B, C, H, W]; got {type(inputs).__name__}")
+        self.partition.check_input(inputs)
+        if not inputs.is_floating_point():
+            raise ValueError(f"inputs must be floating-point images in [0, 1]; got {inputs.dtype} — use images.float() / 255")
+        if getattr(self.masker, "pixel_space", False) and inputs.numel():
+            lo, hi = inputs.min().item(), inputs.max().item()
+            if lo < -0.5 or hi > 1.5:
+                warnings.warn(
+                    f"inputs range over [{lo:.2f}, {hi:.2f}] but {self.masker!r} masks in pixel space [0, 1]: "
+                    "pass un-normalised images and put the normalisation in preprocess=",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+    def _targets(self, inputs: Tensor, target: TargetSpec) -> Tensor:
+        n = inputs.shape[0]
+        if target is None:
+            found = [top1(self._forward(inputs[i : i + self.batch_size])) for i in range(0, n, self.batch_size)]
+            return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=inputs.device)
+        if isinstance(target, Tensor):
+            t = target.detach()
+        elif isinstance(target, int):
+            t = torch.tensor(target)
+        else:
+            t = torch.as_tensor(list(target))
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"target must hold integer class indices; got {t.dtype}")
+        t = t.to(torch.long)
+        if t.ndim == 0:
+            t = t.expand(n)
+        if t.shape != (n,):
+            raise ValueError(f"target must be an int or hold one class per input ([{n}]); got shape {list(t.shape)}")
+        return t.to(inputs.device)
+
+    # ------------------------------------------------------------------ the engine
+
+    def _forward(self, batch: Tensor) -> Tensor:
+        x = self.preprocess(batch) if self.preprocess is not None else batch
+        ctx = torch.autocast(device_type=batch.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with ctx:
+            return self.model(x)
+
+    def _items(self, inputs: Tensor, targets: Tensor, guides: Tensor | None, executor: ThreadPoolExecutor | None) -> Iterator[tuple[_Item, Parts]]:
+        """Each (view of an input, group of parts), in order; later views are partitioned ahead."""
+        views = self.shifts or [(0,) * self.partition.spatial_dims]
+        n_items = inputs.shape[0] * len(views)
+        # Segmenters run on the CPU: copy once here rather than syncing the device per input.
+        source = inputs.detach().cpu() if self.partition.content_aware else None
+
+        def make(i: int) -> _Item:
+            b, v = divmod(i, len(views))
+            shift = views[v]
+            x = _roll(inputs[b], shift, first_dim=1)
+            seen = _roll(source[b], shift, first_dim=1) if source is not None else x
+            guide = _roll(guides[b], shift, first_dim=1) if guides is not None else None
+            groups = self.partition.parts(seen, guide=guide, device=inputs.device, executor=executor)
+            return _Item(b, shift, x, self.masker.substrate(x.unsqueeze(0))[0], targets[b], groups)
+
+        window: deque[_Item] = deque()
+        lookahead, nxt = 2, 0
+        while window or nxt < n_items:
+            while nxt < n_items and len(window) < lookahead:
+                window.append(make(nxt))
+                nxt += 1
+                # Enough views ahead to keep every segmentation worker busy.
+                lookahead = max(2, 1 + math.ceil(2 * self.num_workers / max(1, len(window[0].groups)))) if executor else 2
+            item = window.popleft()
+            for group in item.groups:
+                yield item, group.result() if isinstance(group, Future) else group
+
+    def _aggregate(self, inputs: Tensor, targets: Tensor, target_cpu: Tensor | None, guides: Tensor | None) -> Tensor:
+        """Eq. 1 over every part of every view of every input: ``[B, *spatial]`` float32."""
+        from tqdm.auto import tqdm
+
+        b, spatial, device = inputs.shape[0], inputs.shape[2:], inputs.device
+        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        heat = torch.zeros(b, *spatial, dtype=acc_dtype, device=device)
+        sums = _Sums(
+            heat=heat,
+            cover=torch.zeros_like(heat),
+            bad=torch.zeros(b, dtype=torch.long, device=device),
+            buffer=torch.empty(self.batch_size, *inputs.shape[1:], dtype=inputs.dtype, device=device),
+            target_cpu=target_cpu,
+        )
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        executor = ThreadPoolExecutor(self.num_workers, thread_name_prefix="pami-segment") if self.partition.content_aware else None
+        chunk: list[tuple[_Item, Parts, int, int]] = []
+        filled = 0
+        try:
+            with tqdm(total=0, unit="pass", desc="PAMI", disable=not show, leave=False) as bar:
+                for item, group in self._items(inputs, targets, guides, executor):
+                    n, j = len(group), 0
+                    bar.total += n
+                    while j < n:
+                        take = min(n - j, self.batch_size - filled)
+                        chunk.append((item, group, j, j + take))
+                        filled, j = filled + take, j + take
+                        if filled == self.batch_size:
+                            self._flush(chunk, sums)
+                            bar.update(filled)
+                            chunk, filled = [], 0
+                if chunk:
+                    self._flush(chunk, sums)
+                    bar.update(filled)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        if sums.bad.any():
+            where = sums.bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"the model's scores were NaN or inf for {int(sums.bad.sum())} masked inputs (inputs {where}); "
+                "check the model, preprocess and autocast_dtype (float16 overflows easily)"
+            )
+        return torch.where(sums.cover > 0, heat / sums.cover.clamp_min(1), torch.zeros_like(heat)).float()
+
+    def _flush(self, chunk: list[tuple[_Item, Parts, int, int]], sums: _Sums) -> None:
+        """One forward batch: blend, forward, score, and add ``s_j m_j`` and ``m_j`` (one matmul)."""
+        masks = torch.cat([group.masks(a, z) for _, group, a, z in chunk]) if len(chunk) > 1 else chunk[0][1].masks(chunk[0][2], chunk[0][3])
+        n, device = masks.shape[0], masks.device
+        counts = [z - a for _, _, a, z in chunk]
+        offset = 0
+        for (item, _, _, _), k in zip(chunk, counts):
+            torch.where(masks[offset : offset + k].unsqueeze(1), item.x, item.substrate, out=sums.buffer[offset : offset + k])
+            offset += k
+        outputs = self._forward(sums.buffer[:n])
+        segment = torch.repeat_interleave(torch.arange(len(chunk), device=device), torch.tensor(counts, device=device), output_size=n)
+        target = torch.stack([item.target for item, *_ in chunk])[segment]
+        if sums.target_cpu is not None and is_builtin(self.score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
+            if self.score_fn is not identity_score or outputs.shape[1] > 1:
+                check_target(sums.target_cpu, outputs.shape[1])
+        scores = self.score_fn(outputs, target)
+        if not isinstance(scores, Tensor) or scores.shape != (n,):
+            got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"the score function must return one score per masked input ([{n}]); got {got}")
+        owners = torch.tensor([item.owner for item, *_ in chunk], device=device)
+        sums.bad.index_add_(0, owners[segment], (~torch.isfinite(scores)).long())
+        # Rows 0..S-1: sum of s_j m_j per segment; rows S..2S-1: the coverage count of the segment.
+        s, dtype = len(chunk), sums.heat.dtype
+        weights = torch.zeros(2 * s, n, dtype=dtype, device=device)
+        cols = torch.arange(n, device=device)
+        weights[segment, cols] = scores.to(dtype)
+        weights[segment + s, cols] = 1
+        added = (weights @ masks.reshape(n, -1).to(dtype)).view(2 * s, *masks.shape[1:])
+        for i, (item, *_) in enumerate(chunk):
+            sums.heat[item.owner] += _roll(added[i], item.shift, first_dim=0, back=True)
+            sums.cover[item.owner] += _roll(added[s + i], item.shift, first_dim=0, back=True)
+
+
+def _roll(t: Tensor, shift: Sequence[int], first_dim: int, back: bool = False) -> Tensor:
+    """Circularly shift the spatial axes of ``t`` (starting at ``first_dim``) by ``shift`` (or back)."""
+    if not any(shift):
+        return t
+    shifts = tuple(-v for v in shift) if back else tuple(shift)
+    return torch.roll(t, shifts=shifts, dims=tuple(range(first_dim, first_dim + len(shift))))

@@ -1,0 +1,7 @@
+"""Partition strategies: how an input is split into the parts PAMI keeps one at a time."""
+
+from .base import LabelParts, Partition, Parts
+from .sliding_window import SlidingWindow
+from .superpixels import SEGMENTERS, Superpixels, register_segmenter
+
+__all__ = ["Partition", "Parts", "LabelParts", "SlidingWindow", "Superpixels", "SEGMENTERS", "register_segmenter"]
