@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -138,7 +139,7 @@ class PAMI:
             if shifts != "reference":
                 raise ValueError(f'shifts must be a list of (dy, dx) views or "reference"; got "{shifts}"')
             shifts = REFERENCE_SHIFTS
-        self.shifts = [tuple(int(v) for v in s) for s in shifts] if shifts is not None else None
+        self.shifts = [_as_shift(s) for s in shifts] if shifts is not None else None
         if self.shifts is not None:
             if not self.shifts:
                 raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
@@ -210,8 +211,8 @@ class PAMI:
             return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=inputs.device)
         if isinstance(target, Tensor):
             t = target.detach()
-        elif isinstance(target, int):
-            t = torch.tensor(target)
+        elif isinstance(target, numbers.Integral):  # int, numpy integers
+            t = torch.tensor(int(target))
         else:
             t = torch.as_tensor(list(target))
         if t.is_floating_point() or t.dtype == torch.bool:
@@ -335,6 +336,16 @@ class PAMI:
         for i, (item, *_) in enumerate(chunk):
             sums.heat[item.owner] += _roll(added[i], item.shift, first_dim=0, back=True)
             sums.cover[item.owner] += _roll(added[s + i], item.shift, first_dim=0, back=True)
+
+
+def _as_shift(shift: Any) -> tuple[int, ...]:
+    """One view's offsets as ints; refuses what ``int()`` would silently truncate (1.5 -> 1)."""
+    if isinstance(shift, (str, bytes)) or not hasattr(shift, "__iter__"):
+        raise ValueError(f"each shift must be a (dy, dx) pair of pixel offsets; got {shift!r}")
+    values = [v.item() if isinstance(v, Tensor) else v for v in shift]
+    if not all(isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()) for v in values):
+        raise ValueError(f"shifts must be whole numbers of pixels; got {tuple(values)}")
+    return tuple(int(v) for v in values)
 
 
 def _roll(t: Tensor, shift: Sequence[int], first_dim: int, back: bool = False) -> Tensor:

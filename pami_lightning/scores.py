@@ -20,10 +20,21 @@ OutputSpec = Union[Literal["softmax", "sigmoid", "identity"], ScoreFn]
 
 
 def _class_outputs(outputs: Tensor, target: Tensor, kind: str) -> Tensor:
+    if not isinstance(outputs, Tensor):
+        raise ValueError(
+            f'output="{kind}" needs the model to return a Tensor [N, num_classes]; got {type(outputs).__name__} '
+            "— pass a callable(outputs, target) -> [N] scores that picks the logits"
+        )
     if outputs.ndim != 2:
         raise ValueError(
             f'output="{kind}" needs model outputs [N, num_classes]; got {list(outputs.shape)} '
             '— pass output="identity" or a callable(outputs, target) -> [N] scores'
+        )
+    if kind == "softmax" and outputs.shape[1] == 1:
+        # Softmax over one logit is 1 for every masked input: the map would be constant.
+        raise ValueError(
+            'output="softmax" of a single output is always 1, which gives a constant map; '
+            'pass output="sigmoid" for a binary logit or output="identity" for a raw value'
         )
     return outputs
 
@@ -80,6 +91,8 @@ def is_builtin(fn: ScoreFn) -> bool:
 
 def top1(outputs: Tensor) -> Tensor:
     """Top-1 class of outputs ``[N, K]``; ``0`` for single-valued outputs ``[N]`` / ``[N, 1]``."""
+    if not isinstance(outputs, Tensor):
+        raise ValueError(f"target=None explains the top-1 class, which needs outputs [N, K]; the model returned {type(outputs).__name__} — pass target=")
     if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
         return torch.zeros(outputs.shape[0], dtype=torch.long, device=outputs.device)
     if outputs.ndim != 2:

@@ -17,10 +17,10 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class BoxModel(nn.Module):
-    """Known-answer model: logits [10 * mean(x[:, :, box]), 0], so only the box matters.
+    """Known-answer model: logits [10 * (mean red of the box - 0.5), 0], so only the box matters.
 
-    The softmax probability of class 0 is sigmoid(10 * mean of the box): keeping more of the
-    (bright) box raises the score, and nothing outside the box changes it.
+    The softmax probability of class 0 is sigmoid of that logit: keeping more of the (red) box
+    raises the score, and nothing outside the box changes it.
     """
 
     def __init__(self, rows: slice, cols: slice) -> None:
@@ -28,8 +28,8 @@ class BoxModel(nn.Module):
         self.rows, self.cols = rows, cols
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        box = x[:, :, self.rows, self.cols].mean(dim=(1, 2, 3))
-        return torch.stack([10 * box, torch.zeros_like(box)], dim=1)
+        red = x[:, 0, self.rows, self.cols].mean(dim=(1, 2))
+        return torch.stack([10 * (red - 0.5), torch.zeros_like(red)], dim=1)
 
 
 def make_cnn(num_classes: int = 5, seed: int = 0) -> nn.Module:

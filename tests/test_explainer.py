@@ -1,0 +1,387 @@
+"""The PAMI engine: known answers, Eq. 1 against a plain loop, batching invariance, modes, errors."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import BoxModel, box_image, make_cnn, normalize, random_images
+from pami_lightning import PAMI, REFERENCE_SHIFTS, Blur, Constant, SlidingWindow, Superpixels
+
+ROWS, COLS = slice(20, 52), slice(50, 82)  # the box BoxModel looks at, in a 96x96 image
+
+
+# ---------------------------------------------------------------------------- the plain Eq. 1 loop
+
+
+def viridis_guide(heatmap: torch.Tensor) -> torch.Tensor:
+    """Second-run guide written plainly: min-max normalise, matplotlib viridis bytes / 255, [3, H, W]."""
+    h = heatmap.float()
+    v = ((h - h.min()) / (h.max() - h.min())).numpy()
+    rgba = matplotlib.colormaps["viridis"](v, bytes=True)
+    return torch.from_numpy(rgba[..., :3].astype(np.float32) / 255).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def slow_eq1(model, x, k, partition, masker, preprocess=normalize, guide=None, shifts=((0, 0),)):
+    """Paper Eq. 1, one masked input at a time: h = sum_j s_j m_j / N, 0 where N == 0.
+
+    With shifts, each view is rolled, explained, and its heat AND cover rolled back before the
+    division (the reference code's shift augmentation).
+    """
+    heat = torch.zeros(x.shape[1:], dtype=torch.float64)
+    cover = torch.zeros(x.shape[1:], dtype=torch.float64)
+    for dy, dx in shifts:
+        xs = torch.roll(x, (dy, dx), dims=(1, 2))
+        gs = None if guide is None else torch.roll(guide, (dy, dx), dims=(1, 2))
+        substrate = masker.substrate(xs[None])[0]
+        view_heat = torch.zeros_like(heat)
+        view_cover = torch.zeros_like(cover)
+        for m in partition.masks(xs, guide=gs):
+            m = m.float()
+            x_j = xs * m + substrate * (1 - m)
+            s = torch.softmax(model(preprocess(x_j[None])).double(), dim=1)[0, k]
+            view_heat += s * m
+            view_cover += m
+        heat += torch.roll(view_heat, (-dy, -dx), dims=(0, 1))
+        cover += torch.roll(view_cover, (-dy, -dx), dims=(0, 1))
+    return torch.where(cover > 0, heat / cover, torch.zeros_like(heat)).float()
+
+
+def assert_matches_loop(explainer, images, **loop_kwargs):
+    maps, targets = explainer.explain(images, return_target=True)
+    assert maps.shape == (images.shape[0], *images.shape[2:]) and maps.dtype == torch.float32
+    for i in range(images.shape[0]):
+        want = slow_eq1(explainer.model, images[i], int(targets[i]), explainer.partition, explainer.masker, **loop_kwargs)
+        assert want.std() > 1e-3, "a near-constant map would make this comparison toothless"
+        torch.testing.assert_close(maps[i], want, atol=1e-5, rtol=0)
+    return maps
+
+
+# ---------------------------------------------------------------------------- (1) known answers
+
+
+@pytest.mark.parametrize("shape", ["circle", "square"])
+def test_known_answer_sliding_window(shape):
+    x = box_image(96, ROWS, COLS)[None]
+    heat = PAMI(BoxModel(ROWS, COLS), SlidingWindow(radius=12, stride=4, shape=shape)).explain(x)[0]
+    r, c = divmod(int(heat.argmax()), 96)
+    assert ROWS.start <= r < ROWS.stop and COLS.start <= c < COLS.stop
+    outside = heat.clone()
+    outside[ROWS, COLS] = -1
+    assert heat[ROWS, COLS].max() > outside.max() + 1e-3
+
+
+def test_known_answer_superpixels_paper():
+    x = box_image(96, ROWS, COLS)[None]
+    heat = PAMI(BoxModel(ROWS, COLS), Superpixels.paper()).explain(x)[0]
+    r, c = divmod(int(heat.argmax()), 96)
+    assert ROWS.start <= r < ROWS.stop and COLS.start <= c < COLS.stop
+    outside = heat.clone()
+    outside[ROWS, COLS] = -1
+    assert heat[ROWS, COLS].max() > outside.max() + 1e-3
+
+
+# ---------------------------------------------------------------------------- (2) Eq. 1, exactly
+
+
+@pytest.mark.parametrize(
+    "partition",
+    [
+        SlidingWindow(radius=6, stride=3, shape="circle"),
+        SlidingWindow(radius=5, stride=4, shape="square"),
+        Superpixels([("slic", {"n_segments": 30, "compactness": 20})]),
+    ],
+    ids=["circle", "square", "slic"],
+)
+def test_engine_equals_eq1_loop(cnn, partition):
+    images = random_images(2, 32, seed=5)
+    assert_matches_loop(PAMI(cnn, partition, Blur(11, 5), preprocess=normalize, batch_size=16), images)
+
+
+def test_engine_equals_eq1_loop_paper_ensemble(cnn):
+    assert_matches_loop(PAMI(cnn, Superpixels.paper(), Blur(), preprocess=normalize), random_images(1, 96, seed=6))
+
+
+def test_engine_equals_eq1_loop_second_run(cnn):
+    partition = Superpixels([("slic", {"n_segments": 20, "compactness": 20}), ("felzenszwalb", {"scale": 100, "sigma": 0.8, "min_size": 40})])
+    x = random_images(1, 48, seed=7)
+    masker = Blur(11, 5)
+    maps, targets = PAMI(cnn, partition, masker, preprocess=normalize, second_run=True).explain(x, return_target=True)
+    k = int(targets[0])
+    first = slow_eq1(cnn, x[0], k, partition, masker)
+    second = slow_eq1(cnn, x[0], k, partition, masker, guide=viridis_guide(first))
+    assert second.std() > 1e-3
+    torch.testing.assert_close(maps[0], second, atol=1e-5, rtol=0)
+    # The second run really re-partitions: its map is not the first map.
+    assert (second - first).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "partition",
+    [SlidingWindow(radius=5, stride=4), Superpixels([("slic", {"n_segments": 20, "compactness": 20})])],
+    ids=["window", "slic"],
+)
+def test_engine_equals_eq1_loop_shifts(cnn, partition):
+    shifts = [(0, 0), (7, 0), (0, -5), (-3, 11)]
+    explainer = PAMI(cnn, partition, Blur(11, 5), preprocess=normalize, batch_size=16, shifts=shifts)
+    maps = assert_matches_loop(explainer, random_images(2, 32, seed=8), shifts=shifts)
+    # Shifting matters (borders, content-aware parts): the pooled map differs from the plain one.
+    plain = PAMI(cnn, partition, Blur(11, 5), preprocess=normalize).explain(random_images(2, 32, seed=8))
+    assert (maps - plain).abs().max() > 1e-4
+
+
+def test_uncovered_pixels_are_zero_not_nan(cnn):
+    # stride 7 > 2 * radius 2: windows leave gaps no part covers.
+    partition = SlidingWindow(radius=2, stride=7)
+    x = random_images(1, 24, seed=9)
+    maps = assert_matches_loop(PAMI(cnn, partition, Blur(11, 5), preprocess=normalize), x)
+    uncovered = partition.masks(x[0]).sum(0) == 0
+    assert uncovered.any() and not torch.isnan(maps).any()
+    assert torch.all(maps[0][uncovered] == 0) and torch.all(maps[0][~uncovered] > 0)
+
+
+def test_reference_shifts_are_the_13_views():
+    assert len(REFERENCE_SHIFTS) == 13 and REFERENCE_SHIFTS[0] == (0, 0)
+    assert set(REFERENCE_SHIFTS[1:]) == {(s * d, 0) for d in (36, 30, 24) for s in (1, -1)} | {(0, s * d) for d in (36, 30, 24) for s in (1, -1)}
+    assert PAMI(make_cnn(), shifts="reference").shifts == list(REFERENCE_SHIFTS)
+
+
+# ---------------------------------------------------------------------------- (3) batching invariance
+
+
+@pytest.mark.parametrize(
+    "partition, shifts",
+    [
+        (SlidingWindow(radius=5, stride=4), None),  # 36 windows per image
+        (Superpixels([("slic", {"n_segments": 20, "compactness": 20}), ("seeds", {"num_superpixels": 10})]), None),
+        (SlidingWindow(radius=5, stride=4), [(0, 0), (5, -3)]),
+    ],
+    ids=["window", "superpixels", "shifts"],
+)
+def test_map_of_an_image_depends_neither_on_batch_size_nor_on_its_companions(cnn, partition, shifts):
+    images = random_images(3, 24, seed=10)
+    maps = {}
+    for bs in (1, 7, 64):  # 7 does not divide 36: chunks span images
+        explainer = PAMI(cnn, partition, Blur(11, 5), preprocess=normalize, batch_size=bs, shifts=shifts)
+        maps[bs] = explainer.explain(images)
+        alone = torch.cat([explainer.explain(images[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(maps[bs], alone, atol=1e-6, rtol=0)
+    torch.testing.assert_close(maps[7], maps[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(maps[64], maps[1], atol=1e-6, rtol=0)
+    # The images really differ, so a mix-up between them would show.
+    assert (maps[1][0] - maps[1][1]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------- (4) modes and autograd
+
+
+class Recorder(nn.Module):
+    """Records the training flag it had during each forward call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return x
+
+
+def test_eval_during_the_call_and_every_submodule_mode_restored():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), Recorder(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model.train()
+    model[1].eval()  # e.g. a frozen BatchNorm the user keeps in eval while the rest trains
+    before = [m.training for m in model.modules()]
+    running_mean = model[1].running_mean.clone()
+    PAMI(model, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(2, 16))
+    assert model[2].seen and not any(model[2].seen), "the model must run in eval mode"
+    assert [m.training for m in model.modules()] == before
+    assert model.training and not model[1].training
+
+
+def test_batchnorm_and_dropout_run_in_eval():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.9), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
+    stats = model[1].running_mean.clone(), model[1].running_var.clone(), int(model[1].num_batches_tracked)
+    explainer = PAMI(model, SlidingWindow(4, 4), Constant(0.0))
+    x = random_images(1, 16)
+    a, b = explainer.explain(x, target=1), explainer.explain(x, target=1)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # Dropout(0.9) in train mode would make them differ
+    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
+    assert int(model[1].num_batches_tracked) == stats[2]
+    assert model.training
+
+
+def test_no_autograd_graph_and_editable_result(cnn):
+    cnn.train()
+    x = random_images(1, 16).requires_grad_()
+    heat = PAMI(cnn, SlidingWindow(4, 4), Blur(11, 5)).explain(x)
+    assert not heat.requires_grad and heat.grad_fn is None
+    assert all(p.grad is None for p in cnn.parameters()) and x.grad is None
+    heat += 1  # an inference-mode tensor would refuse this
+    heat[0, 0, 0] = 0
+    assert heat[0, 0, 0] == 0
+
+
+def test_autocast_bfloat16_on_cpu_is_close_to_float32(cnn):
+    x = random_images(2, 24, seed=11)
+    part = SlidingWindow(5, 4)
+    full = PAMI(cnn, part, Blur(11, 5), preprocess=normalize).explain(x, target=[0, 1])
+    half = PAMI(cnn, part, Blur(11, 5), preprocess=normalize, autocast_dtype=torch.bfloat16).explain(x, target=[0, 1])
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 0.05
+    assert torch.corrcoef(torch.stack([half.flatten(), full.flatten()]))[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------------------- (5) bad inputs
+
+
+def test_wrong_rank_says_add_a_batch_dimension(cnn):
+    with pytest.raises(ValueError, match=r"inputs must be \[B, C, H, W\].*got \[3, 32, 32\] — add a batch dimension"):
+        PAMI(cnn).explain(torch.rand(3, 32, 32))
+
+
+def test_integer_inputs(cnn):
+    with pytest.raises(ValueError, match=r"floating-point images in \[0, 1\].*float\(\) / 255"):
+        PAMI(cnn).explain(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("target", [5, -1, [0, 7]])
+def test_target_out_of_range(cnn, target):
+    with pytest.raises(ValueError, match=r"out of range for a model with 5 outputs; targets must lie in \[0, 4\]"):
+        PAMI(cnn, SlidingWindow(4, 8), Constant(0.0)).explain(random_images(2, 16), target=target)
+
+
+def test_target_wrong_length_or_type(cnn):
+    explainer = PAMI(cnn, SlidingWindow(4, 8), Constant(0.0))
+    with pytest.raises(ValueError, match=r"one class per input \(\[2\]\); got shape \[3\]"):
+        explainer.explain(random_images(2, 16), target=[0, 1, 2])
+    with pytest.raises(ValueError, match="integer class indices"):
+        explainer.explain(random_images(2, 16), target=torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_outputs_not_n_by_k(output):
+    def model(x):  # [N, 2, 2]: e.g. a segmentation head
+        return x.mean(dim=(2, 3))[:, :2, None].expand(-1, 2, 2)
+
+    explainer = PAMI(model, SlidingWindow(4, 8), Constant(0.0), output=output)
+    with pytest.raises(ValueError, match=rf'output="{output}" needs model outputs \[N, num_classes\]; got \[\d+, 2, 2\]'):
+        explainer.explain(random_images(1, 16), target=0)
+    with pytest.raises(ValueError, match=r"target=None explains the top-1 class, which needs outputs \[N, K\]"):
+        explainer.explain(random_images(1, 16))
+
+
+def test_nan_or_inf_scores():
+    def model(x):
+        out = torch.stack([x.mean(dim=(1, 2, 3)), torch.zeros(len(x))], 1)
+        out[x[:, 0, 0, 0] > 0] = float("nan")  # NaN whenever the top-left pixel is kept
+        return out
+
+    with pytest.raises(ValueError, match=r"scores were NaN or inf for \d+ masked inputs \(inputs \[0\]\)"):
+        PAMI(model, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(1, 16), target=0)
+
+
+def test_segmenter_with_a_wrong_label_map_fails_in_explain(cnn):
+    wrong_shape = Superpixels([lambda image: np.zeros((image.shape[0], image.shape[1] + 1), dtype=np.int64)])
+    with pytest.raises(ValueError, match=r"label map of shape \[16, 17\] for an image of \[16, 16\]"):
+        PAMI(cnn, wrong_shape).explain(random_images(1, 16))
+    float_labels = Superpixels([lambda image: np.zeros(image.shape[:2], dtype=np.float32)])
+    with pytest.raises(ValueError, match="returned float32 labels; return an integer label map"):
+        PAMI(cnn, float_labels).explain(random_images(1, 16))
+
+
+def test_unknown_segmenter():
+    with pytest.raises(ValueError, match=r"unknown segmenter 'SEEDS'; registered: \["):
+        Superpixels([("SEEDS", {})])
+
+
+def test_second_run_needs_a_content_aware_partition(cnn):
+    with pytest.raises(ValueError, match="second_run=True .* needs a content-aware partition such as Superpixels"):
+        PAMI(cnn, SlidingWindow(), second_run=True)
+
+
+@pytest.mark.parametrize(
+    "shifts, message",
+    [
+        ("all", r'shifts must be a list of \(dy, dx\) views or "reference"'),
+        ([], "at least one view"),
+        ([(1, 2, 3)], r"each shift needs 2 offsets \(one per spatial axis\); got \(1, 2, 3\)"),
+        ([(1.5, 0)], "whole numbers of pixels"),
+        ([3, 4], r"a \(dy, dx\) pair"),
+    ],
+)
+def test_bad_shifts(cnn, shifts, message):
+    with pytest.raises(ValueError, match=message):
+        PAMI(cnn, shifts=shifts)
+
+
+@pytest.mark.parametrize("scale", ["normalised", "0-255"])
+def test_pixel_space_warning_for_inputs_far_outside_unit_range(cnn, scale):
+    x = random_images(1, 16)
+    x = normalize(x) if scale == "normalised" else x * 255
+    with pytest.warns(UserWarning, match=r"masks in pixel space \[0, 1\].*preprocess="):
+        PAMI(cnn, SlidingWindow(4, 8), Constant(0.0)).explain(x)
+
+
+def test_no_pixel_space_warning_in_range(cnn, recwarn):
+    PAMI(cnn, SlidingWindow(4, 8), Constant(0.0)).explain(random_images(1, 16))
+    assert not [w for w in recwarn if "pixel space" in str(w.message)]
+
+
+def test_single_segment_is_valid_and_gives_the_clean_score(cnn):
+    x = random_images(1, 24, seed=12)
+    one = Superpixels([lambda image: np.zeros(image.shape[:2], dtype=np.int32)])
+    heat, target = PAMI(cnn, one, Blur(11, 5), preprocess=normalize).explain(x, return_target=True)
+    clean = torch.softmax(cnn(normalize(x)), 1)[0, target[0]].item()
+    torch.testing.assert_close(heat[0], torch.full((24, 24), clean), atol=1e-6, rtol=0)
+
+
+def test_softmax_of_a_single_output_is_refused():
+    # softmax over one logit is 1 for every masked input: a constant map that says nothing.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
+    with pytest.raises(ValueError, match=r'output="softmax" of a single output is always 1.*output="sigmoid"'):
+        PAMI(model, SlidingWindow(4, 8), Constant(0.0)).explain(random_images(1, 16))
+    heat = PAMI(model, SlidingWindow(4, 8), Constant(0.0), output="sigmoid").explain(random_images(1, 16))
+    assert heat.std() > 0
+
+
+# ---------------------------------------------------------------------------- API forms
+
+
+def test_target_forms_agree(cnn):
+    x = random_images(2, 16, seed=13)
+    explainer = PAMI(cnn, SlidingWindow(4, 4), Blur(11, 5), preprocess=normalize)
+    top = cnn(normalize(x)).argmax(1)
+    assert top[0] == top[1], "this seed gives both images the same top-1 class, so an int can name it"
+    k = int(top[0])
+    by_none, used = explainer.explain(x, return_target=True)
+    assert used.dtype == torch.long and torch.equal(used, top)
+    for form in (k, [k, k], torch.tensor([k, k]), np.int64(k), np.array([k, k])):
+        torch.testing.assert_close(explainer.explain(x, target=form), by_none, atol=0, rtol=0)
+    other = explainer.explain(x, target=(k + 1) % 5)
+    assert (other - by_none).abs().max() > 1e-3
+
+
+def test_callable_output_equals_softmax(cnn):
+    x = random_images(2, 16, seed=14)
+    part = SlidingWindow(4, 4)
+
+    def probability(outputs, target):
+        return torch.softmax(outputs, 1)[torch.arange(len(target)), target]
+
+    a = PAMI(cnn, part, Constant(0.0), output=probability).explain(x, target=[1, 2])
+    b = PAMI(cnn, part, Constant(0.0)).explain(x, target=[1, 2])
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"one score per masked input"):
+        PAMI(cnn, part, Constant(0.0), output=lambda o, t: o).explain(x, target=0)
+
+
+def test_progress_bar_runs(cnn, capsys):
+    heat = PAMI(cnn, SlidingWindow(4, 4), Constant(0.0), progress=True).explain(random_images(1, 16))
+    assert heat.shape == (1, 16, 16)
+    assert "PAMI" in capsys.readouterr().err
