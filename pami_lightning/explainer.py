@@ -315,7 +315,9 @@ class PAMI:
             torch.where(masks[offset : offset + k].unsqueeze(1), item.x, item.substrate, out=sums.buffer[offset : offset + k])
             offset += k
         outputs = self._forward(sums.buffer[:n])
-        segment = torch.repeat_interleave(torch.arange(len(chunk), device=device), torch.tensor(counts, device=device), output_size=n)
+        # Row -> (segment, input) built on the CPU; a pageable copy would stall on the device's queue.
+        rows = torch.repeat_interleave(torch.tensor([[i, item.owner] for i, (item, *_) in enumerate(chunk)]), torch.tensor(counts), dim=0)
+        segment, owner = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)).unbind(1)
         target = torch.stack([item.target for item, *_ in chunk])[segment]
         if sums.target_cpu is not None and is_builtin(self.score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
             if self.score_fn is not identity_score or outputs.shape[1] > 1:
@@ -324,8 +326,7 @@ class PAMI:
         if not isinstance(scores, Tensor) or scores.shape != (n,):
             got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(f"the score function must return one score per masked input ([{n}]); got {got}")
-        owners = torch.tensor([item.owner for item, *_ in chunk], device=device)
-        sums.bad.index_add_(0, owners[segment], (~torch.isfinite(scores)).long())
+        sums.bad.index_add_(0, owner, (~torch.isfinite(scores)).long())
         # Rows 0..S-1: sum of s_j m_j per segment; rows S..2S-1: the coverage count of the segment.
         s, dtype = len(chunk), sums.heat.dtype
         weights = torch.zeros(2 * s, n, dtype=dtype, device=device)
