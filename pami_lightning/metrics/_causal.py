@@ -1,0 +1,108 @@
+"""The engine of the insertion / deletion metrics: RISE curves in full forward batches."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .._modes import eval_mode
+from ..maskers import Masker
+from ..scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, top1
+from ._utils import check_heatmaps, resize_maps
+
+__all__ = ["TargetLike", "causal_curves"]
+
+TargetLike = Union[int, Sequence[int], Tensor, None]
+
+
+def _thresholds(hw: int, step: int, n_steps: int | None) -> Tensor:
+    """Pixels taken from ``finish`` at each of the curve's points ``[n + 1]``."""
+    if n_steps is None:
+        n = -(-hw // step)
+        return (torch.arange(n + 1) * step).clamp(max=hw)
+    return (torch.arange(n_steps + 1) * hw + n_steps - 1) // n_steps  # ceil(i * HW / n_steps)
+
+
+def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor | None:
+    if target is None:
+        return None
+    t = target.detach() if isinstance(target, Tensor) else torch.as_tensor(target)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices; got {t.dtype}")
+    t = t.long().expand(n) if t.ndim == 0 else t.long()
+    if t.shape != (n,):
+        raise ValueError(f"target must be an int or hold one class per image ([{n}]); got shape {list(t.shape)}")
+    return t.to(device)
+
+
+def causal_curves(
+    kind: Literal["insertion", "deletion"],
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    heatmaps: Tensor,
+    target: TargetLike,
+    step: int,
+    n_steps: int | None,
+    substrate: Masker,
+    preprocess: Callable[[Tensor], Tensor] | None,
+    output: OutputSpec,
+    batch_size: int,
+) -> Tensor:
+    """RISE curves ``[B, n + 1]`` (float32), every point of every image in full forward batches."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be floating-point [B, C, H, W] (pixel space, before preprocess); got {got}")
+    check_heatmaps(heatmaps)
+    b, c, h, w = images.shape
+    if heatmaps.shape[0] != b:
+        raise ValueError(f"images and heatmaps must hold the same number of samples; got {b} and {heatmaps.shape[0]}")
+    score_fn = resolve_output(output)
+    given = _targets(target, b, images.device)
+    thresholds = _thresholds(h * w, step, n_steps).to(images.device)
+    points = thresholds.numel()
+    maps = resize_maps(heatmaps.to(images.device), (h, w)).reshape(b, -1)
+    # Rank of each pixel in decreasing saliency (stable: ties keep row-major order).
+    order = maps.sort(dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=images.device).expand(b, -1))
+
+    def forward(x: Tensor) -> Tensor:
+        return model(preprocess(x) if preprocess is not None else x)
+
+    total = b * points
+    if total == 0:
+        return torch.zeros(0, points, device=images.device)
+    with torch.inference_mode(), eval_mode(model):
+        blurred = substrate.substrate(images)
+        start, finish = (blurred, images) if kind == "insertion" else (images, blurred)
+        if given is None:  # RISE: the clean image's top-1 class
+            targets = torch.cat([top1(forward(images[i : i + batch_size])) for i in range(0, b, batch_size)])
+        else:
+            targets = given
+        curves = torch.empty(total, dtype=torch.float32, device=images.device)
+        buffer = torch.empty(min(batch_size, total), c, h, w, dtype=images.dtype, device=images.device)
+        for lo in range(0, total, batch_size):
+            hi = min(lo + batch_size, total)
+            k = lo
+            while k < hi:  # one where() per run of points that belong to the same image
+                i, first = divmod(k, points)
+                end = min(hi, (i + 1) * points)
+                keep = rank[i] < thresholds[first : first + end - k, None]
+                torch.where(keep.view(-1, 1, h, w), finish[i], start[i], out=buffer[k - lo : end - lo])
+                k = end
+            outputs = forward(buffer[: hi - lo])
+            owner = torch.arange(lo, hi, device=images.device) // points
+            if lo == 0 and given is not None and is_builtin(score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
+                if score_fn is not identity_score or outputs.shape[1] > 1:
+                    check_target(given.cpu(), outputs.shape[1])
+            scores = score_fn(outputs, targets[owner])
+            if not isinstance(scores, Tensor) or scores.shape != (hi - lo,):
+                got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                raise ValueError(f"the score function must return one score per image ([{hi - lo}]); got {got}")
+            curves[lo:hi] = scores
+    # A clone made outside inference mode is an ordinary tensor (usable in metric states).
+    curves = curves.view(b, points).clone()
+    if not bool(torch.isfinite(curves).all()):
+        raise ValueError("the model's scores were NaN or inf on some insertion/deletion steps; check the model and preprocess")
+    return curves

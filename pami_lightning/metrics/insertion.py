@@ -1,0 +1,229 @@
+"""RISE's causal metrics, insertion and deletion, as torchmetrics ``Metric`` s."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE, plot_curve
+
+from ..maskers import Blur, Constant, Masker, as_masker
+from ..scores import OutputSpec, resolve_output
+from ._causal import TargetLike, causal_curves
+from .functional import _check_causal_args, curve_auc
+
+__all__ = ["Insertion", "Deletion"]
+
+
+class _Shared:
+    """Holds a callable outside ``nn.Module`` registration (so a model's weights stay out of the
+    metric's ``state_dict`` and ``.to()``); copies of the metric share it rather than copy it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+class _CausalMetric(Metric):
+    """Shared engine of :class:`Insertion` and :class:`Deletion` (see there)."""
+
+    is_differentiable = False
+    full_state_update = False  # True would run update() -- hundreds of forward passes -- twice per forward()
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    _kind: Literal["insertion", "deletion"]
+    auc_sum: Tensor
+    count: Tensor
+    curve_sum: Tensor
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Any],
+        step: int = 224,
+        n_steps: int | None = None,
+        substrate: Masker | Callable[[Tensor], Tensor] | None = None,
+        preprocess: Callable[[Tensor], Tensor] | None = None,
+        output: OutputSpec = "softmax",
+        batch_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable images -> outputs; got {type(model).__name__}")
+        _check_causal_args(step, n_steps, batch_size)
+        resolve_output(output)  # fail at construction, not after the first forward passes
+        self._model, self._preprocess = _Shared(model), _Shared(preprocess)
+        self.step, self.n_steps, self.batch_size = int(step), n_steps, int(batch_size)
+        self.substrate = as_masker(substrate if substrate is not None else self._default_substrate())
+        self.output = output
+        # float32 per-image values summed in float64: sums stay exact in any order, so DDP shards
+        # of any sizes reproduce the single-process result.
+        self.add_state("auc_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # 0-dim until the first image fixes the curve length (it depends on H * W unless n_steps is set).
+        self.add_state("curve_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @staticmethod
+    def _default_substrate() -> Masker:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Callable[[Tensor], Any]:
+        """The explained model (not a registered submodule)."""
+        return self._model.obj
+
+    @property
+    def preprocess(self) -> Callable[[Tensor], Tensor] | None:
+        """Applied to each batch of step images before the model (not a registered submodule)."""
+        return self._preprocess.obj
+
+    def update(self, images: Tensor, heatmaps: Tensor, target: TargetLike = None) -> None:
+        """Run the curves of a batch of images and add their AUCs.
+
+        Args:
+            images: ``[B, C, H, W]`` float images in pixel space (what ``substrate`` expects).
+            heatmaps: ``[B, h, w]`` saliency maps, resized (bilinear) to ``H x W`` when needed.
+            target: class scored per image: None (default: the clean image's top-1, as RISE),
+                an int, or ``[B]``.
+        """
+        curves = causal_curves(
+            self._kind, self.model, images, heatmaps, target, self.step, self.n_steps,
+            self.substrate, self.preprocess, self.output, self.batch_size,
+        )
+        if self.curve_sum.ndim == 1 and self.curve_sum.numel() != curves.shape[1]:
+            raise ValueError(
+                f"these {list(images.shape[2:])} images give curves of {curves.shape[1]} points but earlier ones gave "
+                f"{self.curve_sum.numel()}; pass n_steps= for curves of one length across image sizes"
+            )
+        device = self.auc_sum.device
+        self.auc_sum += curve_auc(curves).double().sum().to(device)
+        self.count += curves.shape[0]
+        self.curve_sum = self.curve_sum + curves.double().sum(dim=0).to(device)
+
+    def compute(self) -> Tensor:
+        """Mean AUC over all images: float32 scalar; NaN before any image."""
+        return (self.auc_sum / self.count).float()
+
+    def curve(self) -> tuple[Tensor, Tensor]:
+        """The mean curve: ``(x, y)``, float32 ``[n + 1]`` each, ``x = i / n`` the fraction of steps.
+
+        Synchronised across processes like ``compute()`` (when ``sync_on_compute``). Its AUC equals
+        ``compute()`` (up to rounding).
+        """
+        with self.sync_context(should_sync=self.sync_on_compute, distributed_available=self.distributed_available_fn):
+            if self.curve_sum.ndim == 0:
+                raise ValueError(f"{type(self).__name__}.curve() needs at least one update() first")
+            y = (self.curve_sum / self.count).float()
+        return torch.linspace(0, 1, y.numel(), device=y.device), y
+
+    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
+        """Plot the mean curve with its AUC (default), or given values (e.g. ``compute()`` per epoch).
+
+        Returns:
+            ``(fig, ax)`` (``fig`` is None when ``ax`` is given).
+        """
+        if val is not None:
+            return self._plot(val, ax)
+        x, y = self.curve()
+        removed = "inserted" if self._kind == "insertion" else "deleted"
+        return plot_curve((x, y), score=self.compute(), ax=ax, label_names=(f"fraction of pixels {removed}", "score"), name=type(self).__name__)
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        # A rank without images holds a 0-dim curve: give it the others' length so the states stack.
+        mine = torch.tensor([self.curve_sum.numel() if self.curve_sum.ndim else 0], device=self.device)
+        lengths = {int(n) for n in dist_sync_fn(mine, group=process_group or self.process_group) if int(n) > 0}
+        if len(lengths) > 1:
+            raise ValueError(f"processes saw images of different sizes (curves of {sorted(lengths)} points); pass n_steps= for one curve length")
+        if self.curve_sum.ndim == 0 and lengths:
+            self.curve_sum = self.curve_sum.new_zeros(lengths.pop())
+        super()._sync_dist(dist_sync_fn, process_group)
+
+
+_ARGS_DOC = """
+    Every point of every image goes through the model in full batches of ``batch_size`` (points of
+    several images share a batch; the step images are built with one comparison of each pixel's
+    saliency rank per point), under ``torch.inference_mode()`` with the model in eval mode (each
+    submodule's mode is restored). The model is not registered as a submodule: its weights stay out
+    of the metric's ``state_dict``. States are sums (AUCs, image count, curves), so DDP ranks with
+    different numbers of images give exactly the single-process result.
+
+    Args:
+        model: ``nn.Module`` or callable ``[N, C, H, W] -> outputs`` (``[N, K]`` for the built-in outputs).
+        step: pixels per step (default 224: 224 steps on 224x224 images, as RISE).
+        n_steps: when given, replaces ``step``: exactly ``n_steps + 1`` points, point ``i`` holding
+            ``ceil(i * H * W / n_steps)`` pixels — one curve length for every image size.
+        substrate: {substrate}
+        preprocess: applied to each batch of step images before the model (e.g. normalisation).
+        output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
+        batch_size: images per forward call (default 64).
+        kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
+"""
+
+
+class Insertion(_CausalMetric):
+    __doc__ = (
+        """RISE's insertion metric: AUC of the score as pixels are restored, most salient first.
+
+    Each image starts as ``substrate(image)``; step ``i`` copies the pixels ranked
+    ``[i * step, (i + 1) * step)`` in decreasing saliency (stable sort: ties in row-major order; all
+    channels) from the image. The curve holds the model's score of the target class at each of the
+    ``ceil(H * W / step) + 1`` points; its AUC is ``(sum(y) - y[0]/2 - y[-1]/2) / n``. ``compute()``
+    is the mean AUC; ``curve()`` / ``plot()`` give the mean curve. Higher is better.
+"""
+        + _ARGS_DOC.format(substrate="the starting image: ``Blur(11, 5)`` (default, RISE's) or ``Blur(49, 100)`` (the PAMI paper's), any masker or callable ``x -> substrate``.")
+        + """
+    Example:
+        >>> import torch
+        >>> from pami_lightning import Constant
+        >>> from pami_lightning.metrics import Insertion
+        >>> model = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
+        >>> metric = Insertion(model, step=1, substrate=Constant(0.0))
+        >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
+        >>> round(metric.compute().item(), 5)
+        0.50736
+        >>> metric.curve()[1].round(decimals=4)
+        tensor([0.0067, 0.0474, 0.5000, 0.9820, 0.9933])
+    """
+    )
+    higher_is_better = True
+    _kind = "insertion"
+
+    @staticmethod
+    def _default_substrate() -> Masker:
+        return Blur(11, 5)
+
+
+class Deletion(_CausalMetric):
+    __doc__ = (
+        """RISE's deletion metric: AUC of the score as pixels are removed, most salient first.
+
+    Each image starts whole; step ``i`` replaces the pixels ranked ``[i * step, (i + 1) * step)`` in
+    decreasing saliency (stable sort; all channels) by the substrate's. Curves, AUC and states as
+    :class:`Insertion`. Lower is better.
+"""
+        + _ARGS_DOC.format(substrate="what removed pixels become: ``Constant(0.0)`` (default, RISE's black), any masker or callable.")
+        + """
+    Example:
+        >>> import torch
+        >>> from pami_lightning.metrics import Deletion
+        >>> model = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
+        >>> metric = Deletion(model, step=1)
+        >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
+        >>> round(metric.compute().item(), 5)
+        0.49264
+    """
+    )
+    higher_is_better = False
+    _kind = "deletion"
+
+    @staticmethod
+    def _default_substrate() -> Masker:
+        return Constant(0.0)
