@@ -2,6 +2,7 @@
 
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .maskers import Blur, Constant, Masker
+from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
 from .partitions import Partition, SlidingWindow, Superpixels, register_segmenter
 
 __version__ = "0.1.0"
@@ -16,5 +17,10 @@ __all__ = [
     "Masker",
     "Blur",
     "Constant",
+    "PointingGame",
+    "EnergyPointingGame",
+    "Insertion",
+    "Deletion",
+    "boxes_to_mask",
     "__version__",
 ]
