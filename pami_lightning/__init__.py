@@ -1,9 +1,10 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
 from .explainer import PAMI, REFERENCE_SHIFTS
-from .maskers import Blur, Constant, Masker
+from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
-from .partitions import Partition, SlidingWindow, Superpixels, register_segmenter
+from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter
+from .scores import caption_word_score
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,11 @@ __all__ = [
     "Masker",
     "Blur",
     "Constant",
+    "TokenWindows",
+    "Words",
+    "TokenMask",
+    "AttentionMask",
+    "caption_word_score",
     "PointingGame",
     "EnergyPointingGame",
     "Insertion",

@@ -11,11 +11,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from ._inputs import Batch, allocate, batch_len, blend, call, index, main_tensor, take, to_batch
 from ._modes import eval_mode
 from .maskers import Blur, Masker, as_masker
 from .partitions.base import Partition, Parts, PartsOrFuture
@@ -41,7 +42,7 @@ class _Sums:
     heat: Tensor  # [B, *spatial], sum of s_j m_j
     cover: Tensor  # [B, *spatial], N: number of parts covering each pixel
     bad: Tensor  # [B], count of non-finite scores
-    buffer: Tensor  # [batch_size, C, *spatial], masked inputs
+    buffer: Batch  # [batch_size, C, *spatial] (or a dict of [batch_size, L, ...]), masked inputs
     target_cpu: Tensor | None  # user-given targets, checked against the number of outputs
 
 
@@ -51,8 +52,8 @@ class _Item:
 
     owner: int
     shift: tuple[int, ...]
-    x: Tensor
-    substrate: Tensor
+    x: Batch
+    substrate: Batch
     target: Tensor
     groups: Sequence[PartsOrFuture]
 
@@ -71,13 +72,22 @@ class PAMI:
     submodule's mode is restored afterwards). Segmentations run in a thread pool and overlap the
     forward passes.
 
+    The same engine explains token sequences (``TokenWindows`` / ``Words`` with ``TokenMask`` /
+    ``AttentionMask``; inputs ``[B, L]`` or a tokenizer's dict) and 1-D signals ``[B, C, T]``
+    (``SlidingWindow(spatial_dims=1)``); ``output=`` turns any model's outputs into the score.
+
     Args:
-        model: an ``nn.Module`` or any callable mapping inputs ``[N, C, *spatial]`` to outputs
-            (``[N, K]`` for the built-in ``output`` modes).
+        model: an ``nn.Module`` or any callable mapping a batch of inputs to outputs (``[N, K]`` for
+            the built-in ``output`` modes): ``model(x)`` for a tensor ``[N, C, *spatial]`` or
+            ``[N, L]``, ``model(**x)`` for a dict input (``word_ids``, ``offset_mapping`` and
+            ``special_tokens_mask`` are not passed). Other conventions take a lambda, e.g.
+            ``lambda **kw: hf_model(**kw).logits``.
         partition: how inputs are split (default ``SlidingWindow(radius=40, stride=6)``, the paper's
-            strategy I; ``Superpixels.paper()`` is strategy II).
-        masker: what replaces the removed part: ``Blur(49, 100)`` (default, the paper's),
-            ``Constant(0.0)`` (black), ``Constant(1.0)`` (white), or a callable ``x -> substrate``.
+            strategy I; ``Superpixels.paper()`` is strategy II; ``TokenWindows`` / ``Words`` for tokens).
+        masker: what replaces the removed part: ``Blur(49, 100)`` (default for images and signals,
+            the paper's), ``Constant(0.0)`` (black), ``Constant(1.0)`` (white), ``TokenMask(mask_id)``
+            or ``AttentionMask()`` (token sequences: one of them is required), or a callable
+            ``x -> substrate``.
         preprocess: applied to each batch of masked inputs before the model, e.g. mean/std
             normalisation; masking happens in pixel space, before it (default: none).
         output: ``"softmax"`` (default: the probability of the target class), ``"sigmoid"``
@@ -127,7 +137,15 @@ class PAMI:
         self.partition = partition if partition is not None else SlidingWindow()
         if not isinstance(self.partition, Partition):
             raise TypeError(f"partition must be a Partition (SlidingWindow, Superpixels, ...); got {type(partition).__name__}")
+        if masker is None and not self.partition.channel_axis:
+            raise ValueError(f"{self.partition!r} splits token sequences: pass masker=TokenMask(mask_id) or masker=AttentionMask()")
         self.masker = as_masker(masker if masker is not None else Blur())
+        if self.masker.for_tokens and self.partition.channel_axis:
+            raise ValueError(f"{self.masker!r} fills token sequences but {self.partition!r} splits images or signals [B, C, *spatial]; use TokenWindows or Words")
+        if self.masker.pixel_space and not self.partition.channel_axis:
+            raise ValueError(f"{self.masker!r} fills images or signals but {self.partition!r} splits token sequences; use masker=TokenMask(mask_id) or AttentionMask()")
+        # Axes before the spatial ones in one input: the channel of [C, *spatial]; none for [L].
+        self._lead = 1 if self.partition.channel_axis else 0
         self.preprocess = preprocess
         self.output = output
         self.score_fn = resolve_output(output)
@@ -141,6 +159,8 @@ class PAMI:
             shifts = REFERENCE_SHIFTS
         self.shifts = [_as_shift(s) for s in shifts] if shifts is not None else None
         if self.shifts is not None:
+            if not self.partition.channel_axis:
+                raise ValueError(f"shifts augment images and signals; {self.partition!r} splits token sequences — pass shifts=None")
             if not self.shifts:
                 raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
             bad = [s for s in self.shifts if len(s) != self.partition.spatial_dims]
@@ -156,18 +176,20 @@ class PAMI:
 
     # ------------------------------------------------------------------ public API
 
-    def explain(self, inputs: Tensor, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def explain(self, inputs: Tensor | Mapping[str, Tensor], target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Importance maps of ``inputs`` for ``target``.
 
         Args:
             inputs: ``[B, C, H, W]`` images in pixel space (``[0, 1]``) — or ``[B, C, *spatial]`` for
-                the partition's ``spatial_dims``.
+                the partition's ``spatial_dims`` (``[B, C, T]`` signals); for token partitions, ids
+                ``[B, L]`` or a dict of ``[B, L, ...]`` tensors with ``"input_ids"`` (a tokenizer's output).
             target: class explained per input: ``None`` (default: each input's top-1 class on the
                 unmasked input), an int for all inputs, or a list / ``[B]`` tensor of ints.
             return_target: also return the ``[B]`` long tensor of the classes explained.
 
         Returns:
-            float32 heatmaps ``[B, *spatial]`` on the inputs' device (and the targets if asked).
+            float32 heatmaps ``[B, *spatial]`` (``[B, L]`` for tokens, 0 at padding and special tokens)
+            on the inputs' device (and the targets if asked).
         """
         self._check_inputs(inputs)
         with torch.inference_mode(), eval_mode(self.model):
@@ -180,7 +202,7 @@ class PAMI:
         heat, targets = heat.clone(), targets.clone()
         return (heat, targets) if return_target else heat
 
-    def attribute(self, inputs: Tensor, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def attribute(self, inputs: Tensor | Mapping[str, Tensor], target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Alias of :meth:`explain` for Captum users."""
         return self.explain(inputs, target, return_target=return_target)
 
@@ -188,13 +210,19 @@ class PAMI:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_inputs(self, inputs: Tensor) -> None:
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor [B, C, H, W]; got {type(inputs).__name__}")
+    def _check_inputs(self, inputs: Batch) -> None:
+        if self.partition.channel_axis and isinstance(inputs, Mapping):
+            raise ValueError(f"dict inputs are token sequences for TokenWindows or Words; {self.partition!r} needs a tensor [B, C, *spatial]")
+        if not isinstance(inputs, (Tensor, Mapping)):
+            raise TypeError(f"inputs must be a torch.Tensor [B, C, H, W] (token ids [B, L], or a dict of tensors); got {type(inputs).__name__}")
         self.partition.check_input(inputs)
+        self.masker.check_input(inputs)
+        if not self.partition.channel_axis:
+            return
         if not inputs.is_floating_point():
             raise ValueError(f"inputs must be floating-point images in [0, 1]; got {inputs.dtype} — use images.float() / 255")
-        if getattr(self.masker, "pixel_space", False) and inputs.numel():
+        # Signals have no pixel space: only images are expected in [0, 1].
+        if getattr(self.masker, "pixel_space", False) and self.partition.spatial_dims >= 2 and inputs.numel():
             lo, hi = inputs.min().item(), inputs.max().item()
             if lo < -0.5 or hi > 1.5:
                 warnings.warn(
@@ -204,11 +232,11 @@ class PAMI:
                     stacklevel=3,
                 )
 
-    def _targets(self, inputs: Tensor, target: TargetSpec) -> Tensor:
-        n = inputs.shape[0]
+    def _targets(self, inputs: Batch, target: TargetSpec) -> Tensor:
+        n, device = batch_len(inputs), main_tensor(inputs).device
         if target is None:
-            found = [top1(self._forward(inputs[i : i + self.batch_size])) for i in range(0, n, self.batch_size)]
-            return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=inputs.device)
+            found = [top1(self._forward(take(inputs, i, i + self.batch_size))) for i in range(0, n, self.batch_size)]
+            return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
         if isinstance(target, Tensor):
             t = target.detach()
         elif isinstance(target, numbers.Integral):  # int, numpy integers
@@ -222,31 +250,38 @@ class PAMI:
             t = t.expand(n)
         if t.shape != (n,):
             raise ValueError(f"target must be an int or hold one class per input ([{n}]); got shape {list(t.shape)}")
-        return t.to(inputs.device)
+        return t.to(device)
 
     # ------------------------------------------------------------------ the engine
 
-    def _forward(self, batch: Tensor) -> Tensor:
+    def _forward(self, batch: Batch) -> Any:
         x = self.preprocess(batch) if self.preprocess is not None else batch
-        ctx = torch.autocast(device_type=batch.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        device = main_tensor(batch).device
+        ctx = torch.autocast(device_type=device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
-            return self.model(x)
+            return call(self.model, x)
 
-    def _items(self, inputs: Tensor, targets: Tensor, guides: Tensor | None, executor: ThreadPoolExecutor | None) -> Iterator[tuple[_Item, Parts]]:
+    def _items(self, inputs: Batch, targets: Tensor, guides: Tensor | None, executor: ThreadPoolExecutor | None) -> Iterator[tuple[_Item, Parts]]:
         """Each (view of an input, group of parts), in order; later views are partitioned ahead."""
         views = self.shifts or [(0,) * self.partition.spatial_dims]
-        n_items = inputs.shape[0] * len(views)
+        n_items = batch_len(inputs) * len(views)
+        device = main_tensor(inputs).device
         # Segmenters run on the CPU: copy once here rather than syncing the device per input.
         source = inputs.detach().cpu() if self.partition.content_aware else None
 
         def make(i: int) -> _Item:
             b, v = divmod(i, len(views))
             shift = views[v]
-            x = _roll(inputs[b], shift, first_dim=1)
+            x = _roll(index(inputs, b), shift, first_dim=1)
             seen = _roll(source[b], shift, first_dim=1) if source is not None else x
             guide = _roll(guides[b], shift, first_dim=1) if guides is not None else None
-            groups = self.partition.parts(seen, guide=guide, device=inputs.device, executor=executor)
-            return _Item(b, shift, x, self.masker.substrate(x.unsqueeze(0))[0], targets[b], groups)
+            groups = self.partition.parts(seen, guide=guide, device=device, executor=executor)
+            substrate = index(self.masker.substrate(to_batch(x)), 0)
+            keep = self.partition.keep(x)
+            if keep is not None:
+                # Positions no part covers (padding, special tokens) reach every masked input unchanged.
+                substrate = index(blend(x, substrate, keep.unsqueeze(0), self._lead), 0)
+            return _Item(b, shift, x, substrate, targets[b], groups)
 
         window: deque[_Item] = deque()
         lookahead, nxt = 2, 0
@@ -260,18 +295,19 @@ class PAMI:
             for group in item.groups:
                 yield item, group.result() if isinstance(group, Future) else group
 
-    def _aggregate(self, inputs: Tensor, targets: Tensor, target_cpu: Tensor | None, guides: Tensor | None) -> Tensor:
+    def _aggregate(self, inputs: Batch, targets: Tensor, target_cpu: Tensor | None, guides: Tensor | None) -> Tensor:
         """Eq. 1 over every part of every view of every input: ``[B, *spatial]`` float32."""
         from tqdm.auto import tqdm
 
-        b, spatial, device = inputs.shape[0], inputs.shape[2:], inputs.device
+        main = main_tensor(inputs)
+        b, spatial, device = main.shape[0], main.shape[1 + self._lead :], main.device
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         heat = torch.zeros(b, *spatial, dtype=acc_dtype, device=device)
         sums = _Sums(
             heat=heat,
             cover=torch.zeros_like(heat),
             bad=torch.zeros(b, dtype=torch.long, device=device),
-            buffer=torch.empty(self.batch_size, *inputs.shape[1:], dtype=inputs.dtype, device=device),
+            buffer=allocate(inputs, self.batch_size),
             target_cpu=target_cpu,
         )
         show = self.progress if self.progress is not None else sys.stderr.isatty()
@@ -312,9 +348,9 @@ class PAMI:
         counts = [z - a for _, _, a, z in chunk]
         offset = 0
         for (item, _, _, _), k in zip(chunk, counts):
-            torch.where(masks[offset : offset + k].unsqueeze(1), item.x, item.substrate, out=sums.buffer[offset : offset + k])
+            blend(item.x, item.substrate, masks[offset : offset + k], self._lead, out=take(sums.buffer, offset, offset + k))
             offset += k
-        outputs = self._forward(sums.buffer[:n])
+        outputs = self._forward(take(sums.buffer, 0, n))
         # Row -> (segment, input) built on the CPU; a pageable copy would stall on the device's queue.
         rows = torch.repeat_interleave(torch.tensor([[i, item.owner] for i, (item, *_) in enumerate(chunk)]), torch.tensor(counts), dim=0)
         segment, owner = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)).unbind(1)

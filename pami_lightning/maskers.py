@@ -8,7 +8,7 @@ engine then keeps the preserved part of the input and takes everything else from
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -16,18 +16,24 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
-__all__ = ["Masker", "Blur", "Constant", "as_masker"]
+__all__ = ["Masker", "Blur", "Constant", "TokenMask", "AttentionMask", "as_masker"]
 
 
 class Masker(ABC):
     """Base class: ``substrate(x)`` returns what replaces the masked part of each input."""
 
-    #: True when the masker expects pixel-space images in ``[0, 1]`` (the engine warns otherwise).
+    #: True when the masker fills float images or signals ``[B, C, *spatial]`` (pixel space ``[0, 1]``
+    #: for images: the engine warns otherwise).
     pixel_space: bool = False
+    #: True when the masker fills token sequences ``[B, L]`` (a tensor of ids or a dict).
+    for_tokens: bool = False
 
     @abstractmethod
     def substrate(self, x: Tensor) -> Tensor:
         """Args: x: inputs ``[B, C, *spatial]``. Returns: a tensor of the same shape and dtype."""
+
+    def check_input(self, inputs: Any) -> None:
+        """Raise a ValueError naming the fix when the masker cannot fill ``inputs`` (default: accept)."""
 
 
 class Blur(Masker):
@@ -115,8 +121,13 @@ class _CallableMasker(Masker):
     def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         self.fn = fn
 
-    def substrate(self, x: Tensor) -> Tensor:
+    def substrate(self, x: Any) -> Any:
         s = self.fn(x)
+        if isinstance(x, Mapping):
+            # Dict inputs (token sequences): the same keys, each shaped like the input's.
+            if not isinstance(s, Mapping) or any(k not in s or s[k].shape != v.shape for k, v in x.items()):
+                raise ValueError(f"masker {self.fn!r} must return a dict with the input's keys {sorted(x)}, each shaped like the input's")
+            return s
         if not isinstance(s, Tensor) or s.shape != x.shape:
             got = list(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(f"masker {self.fn!r} must return a substrate shaped like its input {list(x.shape)}; got {got}")
@@ -124,6 +135,67 @@ class _CallableMasker(Masker):
 
     def __repr__(self) -> str:
         return f"masker({self.fn!r})"
+
+
+class TokenMask(Masker):
+    """Removed tokens become ``mask_id`` (a ``[MASK]``, ``<unk>`` or pad id); the attention mask is kept.
+
+    Works on token ids ``[B, L]`` or on the ``"input_ids"`` of a dict input. Padding and special
+    tokens are kept by the token partitions, so only real tokens are ever replaced.
+
+    Args:
+        mask_id: the id that replaces removed tokens.
+
+    Example:
+        >>> import torch
+        >>> from pami_lightning import TokenMask
+        >>> TokenMask(mask_id=0).substrate(torch.tensor([[5, 6, 7]])).tolist()
+        [[0, 0, 0]]
+    """
+
+    for_tokens = True
+
+    def __init__(self, mask_id: int) -> None:
+        self.mask_id = int(mask_id)
+
+    def substrate(self, x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {**x, "input_ids": torch.full_like(x["input_ids"], self.mask_id)}
+        return torch.full_like(x, self.mask_id)
+
+    def __repr__(self) -> str:
+        return f"TokenMask(mask_id={self.mask_id})"
+
+
+class AttentionMask(Masker):
+    """Removed tokens get ``attention_mask = 0``; ``input_ids`` stay as they are.
+
+    The model must honour its attention mask (most transformers, or a pooling that ignores
+    unattended tokens): it then sees the kept tokens alone, with no mask token it never trained on.
+    Inputs must be a dict with an ``"attention_mask"`` ``[B, L]``.
+
+    Example:
+        >>> import torch
+        >>> from pami_lightning import AttentionMask
+        >>> batch = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+        >>> AttentionMask().substrate(batch)["attention_mask"].tolist()
+        [[0, 0]]
+    """
+
+    for_tokens = True
+
+    def substrate(self, x: Any) -> Any:
+        return {**x, "attention_mask": torch.zeros_like(x["attention_mask"])}
+
+    def check_input(self, inputs: Any) -> None:
+        if not isinstance(inputs, Mapping) or "attention_mask" not in inputs:
+            raise ValueError(
+                'AttentionMask() zeroes the attention mask of removed tokens, so inputs must be a dict with "input_ids" '
+                'and "attention_mask" [B, L] (e.g. a tokenizer\'s output); for bare token ids use TokenMask(mask_id)'
+            )
+
+    def __repr__(self) -> str:
+        return "AttentionMask()"
 
 
 def as_masker(masker: Masker | Callable[[Tensor], Tensor]) -> Masker:

@@ -4,6 +4,17 @@ A score function is ``fn(outputs, target) -> [N]`` where ``target`` is a ``[N]``
 explained class of each masked input's source). The built-ins follow the paper: the softmax
 probability of the target class (default), the sigmoid of one logit (multi-label), or the raw
 output (logits, regression values).
+
+Recipes (any task whose outputs give one number per masked input):
+
+- multi-label classification: ``output="sigmoid"`` and ``target=`` the label explained; each label's
+  score is independent of the others.
+- regression: ``output="identity"``: the predicted value itself (outputs ``[N]`` or ``[N, 1]``; for
+  ``[N, D]`` targets pick the output dimension), e.g. the predicted heart rate of a 1-D signal.
+- captioning: ``output=caption_word_score(position)`` and ``target=`` the word id: the probability
+  of that word at that step of a caption fed with teacher forcing (see :func:`caption_word_score`).
+- anything else: a callable ``(outputs, target [N]) -> [N]``, e.g. a margin
+  ``lambda out, t: out.gather(1, t[:, None])[:, 0] - out.logsumexp(1)``.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from typing import Callable, Literal, Union
 import torch
 from torch import Tensor
 
-__all__ = ["ScoreFn", "OutputSpec", "softmax_score", "sigmoid_score", "identity_score", "resolve_output"]
+__all__ = ["ScoreFn", "OutputSpec", "softmax_score", "sigmoid_score", "identity_score", "caption_word_score", "resolve_output"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 OutputSpec = Union[Literal["softmax", "sigmoid", "identity"], ScoreFn]
@@ -68,6 +79,45 @@ def identity_score(outputs: Tensor, target: Tensor) -> Tensor:
         f'output="identity" needs model outputs [N], [N, 1] or [N, K]; got {list(outputs.shape)} '
         "— pass a callable(outputs, target) -> [N] scores"
     )
+
+
+def caption_word_score(position: int) -> ScoreFn:
+    """Score of a captioner: the probability of word ``target`` at step ``position`` (teacher forcing).
+
+    A captioner fed the image and the caption so far returns the next-word logits of every step,
+    ``outputs [N, T, V]`` (``outputs[:, t]`` predicts the word after the ``t + 1`` tokens fed, e.g.
+    after ``<bos> w_1 .. w_t``). Fixing the caption and keeping one image part at a time, PAMI shows
+    the image regions that make the model say that word there (paper §4.6, Fig. 12).
+
+    Args:
+        position: the output step ``t`` whose word is explained (negative counts from the end).
+
+    Returns:
+        ``fn(outputs [N, T, V], target [N]) -> [N]``, the softmax probability of word ``target[n]``.
+
+    Example:
+        >>> import torch
+        >>> from pami_lightning import PAMI, SlidingWindow, Constant, caption_word_score
+        >>> caption = torch.tensor([[0, 5, 9]])  # <bos> a dog
+        >>> def captioner(images, tokens):  # any model: [N, 3, H, W], [N, T] -> [N, T, V]
+        ...     return images.mean(dim=(1, 2, 3))[:, None, None] * torch.ones(len(images), 3, 12)
+        >>> explainer = PAMI(lambda images: captioner(images, caption.expand(len(images), -1)),
+        ...                  SlidingWindow(radius=4, stride=4), Constant(0.0), output=caption_word_score(position=1))
+        >>> explainer.explain(torch.rand(1, 3, 16, 16), target=9).shape  # where is "dog" (id 9) seen?
+        torch.Size([1, 16, 16])
+    """
+    step = int(position)
+
+    def score(outputs: Tensor, target: Tensor) -> Tensor:
+        if not isinstance(outputs, Tensor) or outputs.ndim != 3:
+            got = list(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+            raise ValueError(f"caption_word_score needs the captioner's logits [N, T, V]; got {got} — return them from the model (e.g. a lambda picking .logits)")
+        if not -outputs.shape[1] <= step < outputs.shape[1]:
+            raise ValueError(f"position {step} is outside the caption's {outputs.shape[1]} steps")
+        return outputs[:, step].float().softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+
+    score.__qualname__ = f"caption_word_score(position={step})"
+    return score
 
 
 _BUILTIN: dict[str, ScoreFn] = {"softmax": softmax_score, "sigmoid": sigmoid_score, "identity": identity_score}

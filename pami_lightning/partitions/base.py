@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -89,6 +89,9 @@ class Partition(ABC):
     spatial_dims: int = 2
     #: Whether the parts depend on the input's content (so a second run on a guide makes sense).
     content_aware: bool = False
+    #: Whether inputs have a channel axis before the spatial ones (``[B, C, *spatial]``); False for
+    #: token sequences ``[B, L]``.
+    channel_axis: bool = True
 
     @abstractmethod
     def parts(
@@ -107,6 +110,14 @@ class Partition(ABC):
             device: where masks are built (default ``x.device``).
             executor: a thread pool for CPU work; without one the work runs inline.
         """
+
+    def keep(self, x: Any) -> Tensor | None:
+        """Positions of one input that no part covers and every masked input keeps (bool ``[*spatial]``).
+
+        ``None`` (the default) when parts cover everything; token partitions keep padding and special
+        tokens, whose importance is then 0.
+        """
+        return None
 
     def masks(self, x: Tensor, guide: Tensor | None = None) -> Tensor:
         """All parts of one input as bool masks ``[J, *spatial]``, for inspection and plotting.
