@@ -164,11 +164,12 @@ def test_reference_shifts_are_the_13_views():
 )
 def test_map_of_an_image_depends_neither_on_batch_size_nor_on_its_companions(cnn, partition, shifts):
     images = random_images(3, 24, seed=10)
+    targets = [0, 3, 1]  # different classes, so a chunk spanning images must not mix up targets
     maps = {}
     for bs in (1, 7, 64):  # 7 does not divide 36: chunks span images
         explainer = PAMI(cnn, partition, Blur(11, 5), preprocess=normalize, batch_size=bs, shifts=shifts)
-        maps[bs] = explainer.explain(images)
-        alone = torch.cat([explainer.explain(images[i : i + 1]) for i in range(3)])
+        maps[bs] = explainer.explain(images, target=targets)
+        alone = torch.cat([explainer.explain(images[i : i + 1], target=targets[i]) for i in range(3)])
         torch.testing.assert_close(maps[bs], alone, atol=1e-6, rtol=0)
     torch.testing.assert_close(maps[7], maps[1], atol=1e-6, rtol=0)
     torch.testing.assert_close(maps[64], maps[1], atol=1e-6, rtol=0)
