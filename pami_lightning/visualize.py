@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize", "colorize", "overlay"]
+__all__ = ["normalize", "colorize", "overlay", "highlight_tokens", "highlight_tokens_image"]
 
 
 def normalize(maps: Tensor) -> Tensor:
@@ -55,3 +58,124 @@ def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet")
     if maps.shape[-2:] != images.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return ((1 - alpha) * images[:, :3] + alpha * colorize(maps, cmap)).clamp(0, 1)
+
+
+def _token_colours(tokens: Sequence[str], scores: Tensor | Sequence[float], cmap: str, vmin: float | None, vmax: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float64 ``[n]`` and their RGBA colours uint8 ``[n, 4]`` (``vmin..vmax`` -> the colour map)."""
+    import matplotlib
+
+    values = (scores.detach().double().cpu() if isinstance(scores, Tensor) else torch.as_tensor(scores, dtype=torch.float64)).reshape(-1).numpy()
+    if len(values) != len(tokens):
+        raise ValueError(f"scores hold {len(values)} values for {len(tokens)} tokens — pass the map of the real tokens, e.g. heatmap[i, :len(tokens)]")
+    lo = vmin if vmin is not None else (float(values.min()) if len(values) else 0.0)
+    hi = vmax if vmax is not None else (float(values.max()) if len(values) else 1.0)
+    scaled = np.clip((values - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(values)
+    return values, matplotlib.colormaps[cmap](scaled, bytes=True)
+
+
+def _text_colour(rgba: np.ndarray) -> str:
+    """Black on light backgrounds, white on dark ones."""
+    r, g, b = rgba[:3] / 255
+    return "#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#ffffff"
+
+
+def highlight_tokens(
+    tokens: Sequence[str],
+    scores: Tensor | Sequence[float],
+    *,
+    cmap: str = "Reds",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> str:
+    """Tokens as HTML, each on a background coloured by its importance (for ``wandb.Html`` or notebooks).
+
+    Args:
+        tokens: the ``n`` tokens to show (strings, e.g. the real tokens of one input; escaped here).
+        scores: their importance ``[n]``, e.g. ``heatmaps[i, :n]`` of ``PAMI.explain``.
+        cmap: a matplotlib colour map name (default ``"Reds"``: white = least important).
+        vmin: score drawn with the colour map's first colour (default: the lowest score).
+        vmax: score drawn with its last colour (default: the highest score).
+
+    Returns:
+        An HTML ``<div>`` with one ``<span>`` per token; hovering a token shows its score.
+
+    Example:
+        >>> from pami_lightning.visualize import highlight_tokens
+        >>> html = highlight_tokens(["a", "great", "film"], [0.1, 0.9, 0.2])
+        >>> html.count("<span"), 'title="0.9"' in html
+        (3, True)
+    """
+    values, rgba = _token_colours(tokens, scores, cmap, vmin, vmax)
+    spans = [
+        f'<span title="{value:.4g}" style="background-color: #{c[0]:02x}{c[1]:02x}{c[2]:02x}; color: {_text_colour(c)}; '
+        f'padding: 1px 3px; border-radius: 3px">{html.escape(str(token))}</span>'
+        for token, value, c in zip(tokens, values, rgba)
+    ]
+    return '<div class="pami-tokens" style="line-height: 2; font-family: sans-serif">' + " ".join(spans) + "</div>"
+
+
+def highlight_tokens_image(
+    tokens: Sequence[str],
+    scores: Tensor | Sequence[float],
+    *,
+    cmap: str = "Reds",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    width: int = 640,
+    fontsize: float = 12,
+) -> Tensor:
+    """Tokens drawn on backgrounds coloured by their importance, as an image (for TensorBoard).
+
+    Tokens are laid out left to right and wrap into lines ``width`` pixels wide.
+
+    Args:
+        tokens: the ``n`` tokens to show (strings).
+        scores: their importance ``[n]``.
+        cmap: a matplotlib colour map name (default ``"Reds"``).
+        vmin: score drawn with the colour map's first colour (default: the lowest score).
+        vmax: score drawn with its last colour (default: the highest score).
+        width: image width in pixels (default 640).
+        fontsize: font size in points (default 12).
+
+    Returns:
+        ``[3, H, width]`` float in ``[0, 1]`` on the CPU (``H`` grows with the number of lines).
+
+    Example:
+        >>> from pami_lightning.visualize import highlight_tokens_image
+        >>> image = highlight_tokens_image(["a", "great", "film"], [0.1, 0.9, 0.2], width=200)
+        >>> image.shape[0], image.shape[2]
+        (3, 200)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.patches import Rectangle
+
+    values, rgba = _token_colours(tokens, scores, cmap, vmin, vmax)
+    dpi, prop = 100, FontProperties(size=fontsize)
+    fig = Figure(figsize=(width / dpi, 1), dpi=dpi, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    sizes = [renderer.get_text_width_height_descent(str(t), prop, ismath=False) for t in tokens]
+    pad, gap, margin = 3.0, fontsize * 0.5, 6.0
+    ascent = max([h - d for _, h, d in sizes], default=fontsize)
+    descent = max([d for _, _, d in sizes], default=0.0)
+    line = ascent + descent + 2 * pad + gap
+    # Lay out in pixels from the top-left: (x, line index) of each token.
+    places, x, row = [], margin, 0
+    for w, _, _ in sizes:
+        if x > margin and x + w + 2 * pad > width - margin:
+            x, row = margin, row + 1
+        places.append((x, row))
+        x += w + 2 * pad + gap
+    height = int(np.ceil(2 * margin + (row + 1) * line - gap))
+    fig.set_size_inches(width / dpi, height / dpi)
+    for token, (w, _, _), (x, r), c in zip(tokens, sizes, places, rgba):
+        baseline = height - margin - r * line - pad - ascent
+        box = Rectangle((x / width, (baseline - descent - pad) / height), (w + 2 * pad) / width, (ascent + descent + 2 * pad) / height,
+                        transform=fig.transFigure, facecolor=c / 255, edgecolor="none")
+        fig.add_artist(box)
+        fig.text((x + pad) / width, baseline / height, str(token), fontproperties=prop, color=_text_colour(c), va="baseline", parse_math=False)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
