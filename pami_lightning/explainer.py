@@ -235,7 +235,9 @@ class PAMI:
     def _targets(self, inputs: Batch, target: TargetSpec) -> Tensor:
         n, device = batch_len(inputs), main_tensor(inputs).device
         if target is None:
-            found = [top1(self._forward(take(inputs, i, i + self.batch_size))) for i in range(0, n, self.batch_size)]
+            # A copy: an in-place preprocess or model (Normalize(inplace=True)) would rewrite the
+            # caller's inputs, and with them every masked input built afterwards.
+            found = [top1(self._forward(_copy(take(inputs, i, i + self.batch_size)))) for i in range(0, n, self.batch_size)]
             return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
         if isinstance(target, Tensor):
             t = target.detach()
@@ -373,6 +375,11 @@ class PAMI:
         for i, (item, *_) in enumerate(chunk):
             sums.heat[item.owner] += _roll(added[i], item.shift, first_dim=0, back=True)
             sums.cover[item.owner] += _roll(added[s + i], item.shift, first_dim=0, back=True)
+
+
+def _copy(x: Batch) -> Batch:
+    """A batch the model may modify in place without touching the caller's tensors."""
+    return {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone()
 
 
 def _as_shift(shift: Any) -> tuple[int, ...]:

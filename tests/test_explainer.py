@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BoxModel, box_image, make_cnn, normalize, random_images
+from conftest import MEAN, STD, BoxModel, box_image, make_cnn, normalize, random_images
 from pami_lightning import PAMI, REFERENCE_SHIFTS, Blur, Constant, SlidingWindow, Superpixels
 
 ROWS, COLS = slice(20, 52), slice(50, 82)  # the box BoxModel looks at, in a 96x96 image
@@ -236,6 +236,20 @@ def test_autocast_bfloat16_on_cpu_is_close_to_float32(cnn):
     assert half.dtype == torch.float32
     assert (half - full).abs().max() < 0.05
     assert torch.corrcoef(torch.stack([half.flatten(), full.flatten()]))[0, 1] > 0.95
+
+
+def test_in_place_preprocess_leaves_the_inputs_and_the_map_alone(cnn):
+    # torchvision's Normalize(inplace=True) and the like must not corrupt the user's images (or the
+    # masked inputs later built from them).
+    def normalize_in_place(x):
+        return x.sub_(MEAN).div_(STD)
+
+    x = random_images(2, 16, seed=15)
+    before = x.clone()
+    part = SlidingWindow(4, 4)
+    in_place = PAMI(cnn, part, Blur(11, 5), preprocess=normalize_in_place).explain(x)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(in_place, PAMI(cnn, part, Blur(11, 5), preprocess=normalize).explain(x), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------- (5) bad inputs

@@ -158,3 +158,8 @@ def test_consecutive_labels_keeps_every_label_as_one_part():
     assert out.tolist() == [[1, 1, 0], [2, 0, 1]]
     huge = np.array([[0, 10**12], [10**12, 5]])
     assert consecutive_labels(huge).tolist() == [[0, 2], [2, 1]]
+    # Narrow integer types must not overflow when shifted to start at 0.
+    narrow = np.zeros((20, 20), dtype=np.int8)
+    narrow[:10], narrow[10:], narrow[0, 0] = -100, 100, 5
+    out = consecutive_labels(narrow)
+    assert out.shape == (20, 20) and out[0, 0] == 1 and np.all(out[1:10] == 0) and np.all(out[10:] == 2)

@@ -70,12 +70,13 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
     Every distinct value is one part, so every pixel is covered; labels absent from the map (which
     the reference runs as fully masked inputs that add nothing) cost no forward pass.
     """
-    flat = labels.ravel()
+    # int64 first: `labels - lo` would overflow narrow types (int8 labels -100..100).
+    flat = labels.ravel().astype(np.int64, copy=False)
     lo, hi = int(flat.min()), int(flat.max())
     if hi - lo < 4 * flat.size:
         present = np.bincount(flat - lo, minlength=hi - lo + 1) > 0
         lut = (np.cumsum(present) - 1).astype(np.int32)
-        return lut[labels - lo]
+        return lut[flat - lo].reshape(labels.shape)
     return np.unique(flat, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
 
 
