@@ -182,10 +182,11 @@ def test_forward_runs_the_model_once_per_point_and_accumulates():
     assert curve_auc(whole.curve()[1]).item() == pytest.approx(whole.compute().item(), abs=1e-6)
 
 
-def test_step_and_n_steps_count_pixels_exactly():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_step_and_n_steps_count_pixels_exactly(dtype):
     # The model counts the pixels still present; deleting onto zeros leaves H*W - threshold(i).
-    count = lambda x: x.flatten(1).sum(1)  # noqa: E731
-    ones, sal = torch.ones(1, 1, 3, 5), torch.rand(1, 3, 5)
+    count = lambda x: x.flatten(1).float().sum(1)  # noqa: E731
+    ones, sal = torch.ones(1, 1, 3, 5, dtype=dtype), torch.rand(1, 3, 5)
     by_step = deletion_curves(count, ones, sal, step=4, output="identity")[0]
     assert by_step.tolist() == [15, 11, 7, 3, 0]  # ceil(15 / 4) = 4 steps, the last one partial
     by_n = deletion_curves(count, ones, sal, n_steps=4, output="identity")[0]
