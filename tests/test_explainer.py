@@ -217,6 +217,14 @@ def test_batchnorm_and_dropout_run_in_eval():
     assert model.training
 
 
+def test_a_bound_method_of_a_module_runs_its_module_in_eval():
+    # PAMI(model.forward) must not run BatchNorm in train mode (noisy map, running stats overwritten).
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
+    stats = model[1].running_mean.clone()
+    PAMI(model.forward, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(1, 16))
+    assert torch.equal(model[1].running_mean, stats) and model.training
+
+
 def test_no_autograd_graph_and_editable_result(cnn):
     cnn.train()
     x = random_images(1, 16).requires_grad_()
