@@ -32,6 +32,15 @@ def slow_eq1(model, x, k, partition, masker, preprocess=normalize, guide=None, s
     With shifts, each view is rolled, explained, and its heat AND cover rolled back before the
     division (the reference code's shift augmentation).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one-image forwards gain nothing from threads and stall on a busy machine
+    try:
+        return _slow_eq1(model, x, k, partition, masker, preprocess, guide, shifts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _slow_eq1(model, x, k, partition, masker, preprocess, guide, shifts):
     heat = torch.zeros(x.shape[1:], dtype=torch.float64)
     cover = torch.zeros(x.shape[1:], dtype=torch.float64)
     for dy, dx in shifts:
@@ -59,6 +68,15 @@ def assert_matches_loop(explainer, images, **loop_kwargs):
         assert want.std() > 1e-3, "a near-constant map would make this comparison toothless"
         torch.testing.assert_close(maps[i], want, atol=1e-5, rtol=0)
     return maps
+
+
+def quadrants(image: np.ndarray) -> np.ndarray:
+    """A plain segmenter: four quadrants labelled 1..4."""
+    h, w = image.shape[:2]
+    labels = np.ones((h, w), dtype=np.int64)
+    labels[h // 2 :] += 2
+    labels[:, w // 2 :] += 1
+    return labels
 
 
 # ---------------------------------------------------------------------------- (1) known answers
@@ -94,8 +112,9 @@ def test_known_answer_superpixels_paper():
         SlidingWindow(radius=6, stride=3, shape="circle"),
         SlidingWindow(radius=5, stride=4, shape="square"),
         Superpixels([("slic", {"n_segments": 30, "compactness": 20})]),
+        Superpixels([quadrants, ("watershed", {"markers": 10})]),  # a plain callable pooled with a registered one
     ],
-    ids=["circle", "square", "slic"],
+    ids=["circle", "square", "slic", "callable+watershed"],
 )
 def test_engine_equals_eq1_loop(cnn, partition):
     images = random_images(2, 32, seed=5)

@@ -16,7 +16,9 @@ from pami_lightning.partitions.superpixels import to_uint8_image
 def centres_of(masks: torch.Tensor) -> list[tuple[int, int]]:
     """The single pixel each radius-0 window keeps."""
     assert torch.all(masks.sum(dim=(1, 2)) == 1)
-    return [tuple(int(v) for v in (m.nonzero()[0])) for m in masks]
+    flat = masks.flatten(1).to(torch.uint8).argmax(1)
+    width = masks.shape[2]
+    return list(zip((flat // width).tolist(), (flat % width).tolist()))
 
 
 def test_reference_grid_on_224():
@@ -28,6 +30,13 @@ def test_reference_grid_on_224():
     assert sorted({c for _, c in centres}) == list(range(0, 223, 6))
     assert len(set(centres)) == 1444
     assert SlidingWindow(40, 6).num_parts((224, 224)) == 1444
+    # The paper's r=40 circles on that grid (same order of centres): inside when dy^2 + dx^2 <= 40^2.
+    masks = SlidingWindow(40, 6).masks(x)
+    assert masks.shape == (1444, 224, 224)
+    yy, xx = torch.meshgrid(torch.arange(224), torch.arange(224), indexing="ij")
+    for j in (0, 37, 700, 1443):
+        cy, cx = centres[j]
+        assert torch.equal(masks[j], (yy - cy) ** 2 + (xx - cx) ** 2 <= 1600)
 
 
 @pytest.mark.parametrize("shape", ["circle", "square"])
