@@ -82,6 +82,7 @@ def causal_curves(
             targets = torch.cat([top1(forward(images[i : i + batch_size])) for i in range(0, b, batch_size)])
         else:
             targets = given
+        targets = targets.repeat_interleave(points)  # one per step image, in the flat order
         curves = torch.empty(total, dtype=torch.float32, device=images.device)
         buffer = torch.empty(min(batch_size, total), c, h, w, dtype=images.dtype, device=images.device)
         # where(rank < t, finish, start) as bit operations on the floats' integer views: exact
@@ -101,11 +102,10 @@ def causal_curves(
                 out.bitwise_xor_(start_bits[i])
                 k = end
             outputs = forward(buffer[: hi - lo])
-            owner = torch.arange(lo, hi, device=images.device) // points
             if lo == 0 and given is not None and is_builtin(score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
                 if score_fn is not identity_score or outputs.shape[1] > 1:
                     check_target(given.cpu(), outputs.shape[1])
-            scores = score_fn(outputs, targets[owner])
+            scores = score_fn(outputs, targets[lo:hi])
             if not isinstance(scores, Tensor) or scores.shape != (hi - lo,):
                 got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
                 raise ValueError(f"the score function must return one score per image ([{hi - lo}]); got {got}")

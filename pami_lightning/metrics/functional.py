@@ -141,22 +141,32 @@ def _check_labels(labels: Tensor | None, n: int, num_classes: int | None, device
 # ---------------------------------------------------------------------------------------- pointing game
 
 
+def _within(d2: Tensor, tolerance: float) -> Tensor:
+    """Squared distances that count as a hit (tolerance 0: the point itself)."""
+    return d2 < tolerance**2 if tolerance > 0 else d2 == 0
+
+
 def _pointing_hits(maps: Tensor, masks: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     """Per sample: ``(hit, counted)``, bool ``[B]``; maps already at the masks' size."""
     b, (h, w) = masks.shape[0], masks.shape[1:]
     flat = masks.reshape(b, -1)
     point = maps.reshape(b, -1).argmax(dim=1)  # the first maximum in row-major order
     py, px = point // w, point % w
-    # Only mask pixels within the tolerance disc can make a hit: test those offsets alone.
-    r = math.ceil(tolerance)
-    d = torch.arange(-r, r + 1, device=masks.device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
-    d2 = dy * dy + dx * dx
-    near = d2 < tolerance**2 if tolerance > 0 else d2 == 0
-    ys, xs = py[:, None] + dy[near], px[:, None] + dx[near]
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    idx = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
-    hit = (flat.gather(1, idx) & inside).any(dim=1)
+    r = min(math.ceil(tolerance), max(h, w))
+    if (2 * r + 1) ** 2 <= h * w:
+        # Only mask pixels within the tolerance disc can make a hit: test those offsets alone.
+        d = torch.arange(-r, r + 1, device=masks.device)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        near = _within(dy * dy + dx * dx, tolerance)
+        ys, xs = py[:, None] + dy[near], px[:, None] + dx[near]
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        hit = (flat.gather(1, ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)) & inside).any(dim=1)
+    else:
+        # The disc holds more offsets than the mask has pixels: measure every pixel, sample by sample.
+        ys, xs = torch.arange(h, device=masks.device)[:, None], torch.arange(w, device=masks.device)
+        hit = torch.zeros(b, dtype=torch.bool, device=masks.device)
+        for i in range(b):
+            hit[i] = (masks[i] & _within((ys - py[i]) ** 2 + (xs - px[i]) ** 2, tolerance)).any()
     return hit, flat.any(dim=1)
 
 
