@@ -133,8 +133,9 @@ def _check_labels(labels: Tensor | None, n: int, num_classes: int | None, device
     labels = torch.as_tensor(labels, device=device)
     if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices [{n}]; got {labels.dtype} {list(labels.shape)}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}; got {labels.tolist()}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}; got {bad.unique().tolist()}")
     return labels.long()
 
 

@@ -163,7 +163,8 @@ _ARGS_DOC = """
         substrate: {substrate}
         preprocess: applied to each batch of step images before the model (e.g. normalisation).
         output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
-        batch_size: images per forward call (default 64).
+        batch_size: images per forward call (default 64). On a CPU, a small model can run faster
+            with smaller batches (its activations then stay in cache).
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
 """
 
