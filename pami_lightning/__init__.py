@@ -1,5 +1,6 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
+from .callbacks import PAMICallback
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
@@ -28,5 +29,6 @@ __all__ = [
     "Insertion",
     "Deletion",
     "boxes_to_mask",
+    "PAMICallback",
     "__version__",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize", "colorize", "overlay", "highlight_tokens", "highlight_tokens_image"]
+__all__ = ["normalize", "colorize", "overlay", "make_grid", "timeline", "to_uint8", "highlight_tokens", "highlight_tokens_image"]
 
 
 def normalize(maps: Tensor) -> Tensor:
@@ -58,6 +58,61 @@ def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet")
     if maps.shape[-2:] != images.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return ((1 - alpha) * images[:, :3] + alpha * colorize(maps, cmap)).clamp(0, 1)
+
+
+def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Tile images into one picture, row-major, ``nrow`` per row.
+
+    Args:
+        images: ``[N, C, H, W]`` (all the same size).
+        nrow: images per row (default 8).
+        padding: pixels between and around tiles (default 2).
+        pad_value: colour of the padding (default 1.0, white).
+
+    Returns:
+        ``[C, rows * (H + padding) + padding, ncols * (W + padding) + padding]`` with ``ncols = min(nrow, N)``.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty [N, C, H, W]; got {list(images.shape)}")
+    n, c, h, w = images.shape
+    ncols = min(nrow, n)
+    nrows = -(-n // ncols)
+    grid = images.new_full((c, nrows * (h + padding) + padding, ncols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def timeline(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet", padding: int = 2) -> Tensor:
+    """How each input's map evolves: one row per input, the input then one overlay per map in time.
+
+    Args:
+        images: ``[N, C, H, W]`` in ``[0, 1]``.
+        maps: ``[N, T, h, w]`` maps of each input at ``T`` successive times (oldest first); the images
+            are resized to ``h x w``.
+        alpha: weight of the heatmap colour (default 0.5).
+        cmap: a matplotlib colour map name (default ``"jet"``).
+        padding: pixels between tiles (default 2).
+
+    Returns:
+        ``[3, N * (h + padding) + padding, (T + 1) * (w + padding) + padding]`` float in ``[0, 1]`` (CPU).
+    """
+    if maps.ndim != 4 or images.ndim != 4 or maps.shape[0] != images.shape[0]:
+        raise ValueError(f"images must be [N, C, H, W] and maps [N, T, h, w] with the same N; got {list(images.shape)}, {list(maps.shape)}")
+    n, t, h, w = maps.shape
+    thumbs = images.detach().float().cpu()
+    if thumbs.shape[-2:] != (h, w):
+        thumbs = torch.nn.functional.interpolate(thumbs, size=(h, w), mode="area")
+    thumbs = thumbs.clamp(0, 1).expand(-1, 3, -1, -1) if thumbs.shape[1] == 1 else thumbs[:, :3].clamp(0, 1)
+    tiles = [thumbs] + [overlay(thumbs, maps[:, k], alpha, cmap) for k in range(t)]
+    return make_grid(torch.stack(tiles, dim=1).reshape(n * (t + 1), 3, h, w), nrow=t + 1, padding=padding)
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """``[C, H, W]`` float in ``[0, 1]`` -> ``[H, W, C]`` uint8 numpy array (for PNG writers and W&B)."""
+    return image.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _token_colours(tokens: Sequence[str], scores: Tensor | Sequence[float], cmap: str, vmin: float | None, vmax: float | None) -> tuple[np.ndarray, np.ndarray]:

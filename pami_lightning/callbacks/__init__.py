@@ -1,0 +1,6 @@
+"""Lightning integration: explanations computed, scored and logged during training."""
+
+from .pami_callback import PAMICallback
+from .samples import Sample, default_batch_to_sample
+
+__all__ = ["PAMICallback", "Sample", "default_batch_to_sample"]

@@ -1,0 +1,396 @@
+r"""
+PAMI Callback
+=============
+
+Explains a fixed set of validation samples with PAMI during training, scores the explanations and
+logs the scores, heatmap overlays and explanation drift next to the validation metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from .._modes import eval_mode
+from ..explainer import PAMI
+from ..maskers import Masker
+from ..partitions.base import Partition
+from ..scores import top1
+from ..visualize import make_grid, overlay, timeline
+from .drift import DriftHistory
+from .logging import Report, dispatch
+from .samples import Sample, default_batch_to_sample, isolated_rng, load_items, pad_to, shard
+from .scoring import MASK_METRICS, METRICS, Scorer
+
+MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
+
+
+class PAMICallback(Callback):
+    r"""Explain fixed validation samples with PAMI at every (n-th) validation and log the results.
+
+    At the end of an explained validation the callback explains its samples (sharded over DDP ranks,
+    in full forward batches, under the trainer's precision), scores the maps and logs, at the step of
+    the validation scalars:
+
+    - ``<key_prefix>/<metric>`` for each of ``metrics`` through ``pl_module.log``, so ModelCheckpoint
+      and EarlyStopping can monitor them (``pointing_game`` pools all samples; ``insertion`` and
+      ``deletion`` are mean RISE AUCs);
+    - ``<key_prefix>/stability``: the mean Spearman rank correlation of each sample's map with its map
+      at the previous explained validation (from the second one on);
+    - images: an overlay grid, one overlay per sample and a timeline (one row per sample, one column
+      per explained validation) to TensorBoard, W&B (with captions and a sample x validation table)
+      or, for other loggers with a ``log_dir`` such as CSVLogger, PNG files and an ``.npz`` of the maps.
+
+    It never changes training: the random states, every submodule's train/eval mode and the weights
+    are untouched, the model runs under ``inference_mode``, and the sanity check is skipped.
+
+    Args:
+        num_samples: how many validation samples to explain, evenly spaced over the validation
+            dataset (default 8). Ignored when ``sample_indices`` is given.
+        sample_indices: dataset indices of the samples to explain.
+        partition: how images are split (default ``SlidingWindow(radius=40, stride=6)``).
+        masker: what replaces the removed parts (default ``Blur(49, 100)``).
+        preprocess: applied to masked images before the model (e.g. normalisation); the samples must
+            be pixel-space images in ``[0, 1]``.
+        output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
+        batch_size: masked images per forward call (default 64).
+        explainer: a ready :class:`~pami_lightning.PAMI` used as is (its model is called), instead of
+            ``partition`` / ``masker`` / ``preprocess`` / ``output`` / ``batch_size``.
+        dataloader_idx: which validation dataloader the samples come from (default 0).
+        target: explain each sample's ``"label"`` (default) or the model's ``"pred"`` (top-1).
+        every_n_val_epochs: explain every n-th validation run (default 1: all).
+        metrics: scores to log, any of ``"pointing_game"``, ``"energy_pointing_game"`` (need object
+            masks), ``"insertion"``, ``"deletion"`` (default: all four).
+        pointing_tolerance: pointing game tolerance in pixels (default 15, TorchRay's); 0 means the
+            map's maximum must lie inside the mask.
+        log_images: log heatmap overlays and the timeline (default True).
+        max_images: most samples shown in images (default 8).
+        colormap: matplotlib colour map of the overlays (default ``"jet"``).
+        alpha: heatmap weight in the overlays (default 0.5).
+        key_prefix: prefix of every logged key (default ``"pami"``).
+        batch_to_sample: turns a collated validation batch into ``(images, labels, masks)`` or a
+            :class:`~pami_lightning.callbacks.Sample`; the default understands ``x``, ``(x, y)``,
+            ``(x, y, mask)`` and dicts with ``image``/``input``, ``label``/``target``, ``mask``/``boxes`` keys.
+        on_validate: also explain under ``trainer.validate()`` (default False).
+
+    Raises:
+        ValueError: on an invalid argument.
+
+    Example::
+
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from pami_lightning import PAMICallback, SlidingWindow
+
+        trainer = L.Trainer(
+            callbacks=[PAMICallback(num_samples=8, partition=SlidingWindow(radius=16, stride=4))],
+            logger=TensorBoardLogger("logs"),
+        )
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 8,
+        sample_indices: Optional[Sequence[int]] = None,
+        partition: Optional[Partition] = None,
+        masker: Optional[Masker] = None,
+        preprocess: Optional[Callable[[Tensor], Tensor]] = None,
+        output: Union[Literal["softmax", "sigmoid", "identity"], Callable[[Tensor, Tensor], Tensor]] = "softmax",
+        batch_size: int = 64,
+        explainer: Optional[PAMI] = None,
+        dataloader_idx: int = 0,
+        target: Literal["label", "pred"] = "label",
+        every_n_val_epochs: int = 1,
+        metrics: Sequence[MetricName] = METRICS,
+        pointing_tolerance: float = 15,
+        log_images: bool = True,
+        max_images: int = 8,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+        key_prefix: str = "pami",
+        batch_to_sample: Optional[Callable[[Any], Any]] = None,
+        on_validate: bool = False,
+    ) -> None:
+        if sample_indices is not None:
+            sample_indices = [int(i) for i in sample_indices]
+            if not sample_indices or len(set(sample_indices)) != len(sample_indices):
+                raise ValueError(f"sample_indices must be non-empty and without repeats; got {sample_indices}")
+        elif num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+        if explainer is not None and (
+            partition is not None or masker is not None or preprocess is not None or output != "softmax" or batch_size != 64
+        ):
+            raise ValueError("pass either explainer= or partition/masker/preprocess/output/batch_size, not both")
+        if explainer is None:
+            # Validate the engine's arguments now; the real explainer needs the LightningModule (setup).
+            PAMI(torch.nn.Identity(), partition, masker, preprocess, output, batch_size)
+        if target not in ("label", "pred"):
+            raise ValueError(f'target must be "label" or "pred"; got "{target}"')
+        if every_n_val_epochs < 1:
+            raise ValueError(f"every_n_val_epochs must be >= 1; got {every_n_val_epochs}")
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+        if pointing_tolerance < 0:
+            raise ValueError(f"pointing_tolerance must be >= 0 pixels; got {pointing_tolerance}")
+        if max_images < 1:
+            raise ValueError(f"max_images must be >= 1; got {max_images}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+        import matplotlib
+
+        if colormap not in matplotlib.colormaps:
+            raise ValueError(f'colormap "{colormap}" is not a matplotlib colour map (e.g. "jet", "viridis", "inferno")')
+        if not key_prefix:
+            raise ValueError("key_prefix must be a non-empty string")
+        if batch_to_sample is not None and not callable(batch_to_sample):
+            raise ValueError(f"batch_to_sample must be callable; got {type(batch_to_sample).__name__}")
+
+        self.num_samples, self.sample_indices = num_samples, sample_indices
+        self.partition, self.masker, self.preprocess, self.output, self.batch_size = partition, masker, preprocess, output, batch_size
+        self.explainer = explainer
+        self.dataloader_idx, self.target, self.every_n_val_epochs = dataloader_idx, target, every_n_val_epochs
+        self.metrics = list(dict.fromkeys(metrics))
+        self.pointing_tolerance = pointing_tolerance
+        self.log_images, self.max_images, self.colormap, self.alpha = log_images, max_images, colormap, alpha
+        self.key_prefix = key_prefix
+        self.batch_to_sample = batch_to_sample or default_batch_to_sample
+        self.on_validate = on_validate
+
+        self._val_count = 0  # fit validation runs seen (not the sanity check), kept in checkpoints
+        self._history = DriftHistory()
+        self._indices: Optional[list[int]] = None  # dataset indices of the samples, chosen once
+        self._batch: Any = None  # their collated batch, on the CPU, before the transfer hooks
+        self._scorer: Optional[Scorer] = None
+        self._warned_no_masks = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(key_prefix=self.key_prefix, dataloader_idx=self.dataloader_idx)
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            raise MisconfigurationException(
+                f"PAMICallback calls the LightningModule directly on each rank, which {type(trainer.strategy).__name__} "
+                "does not allow (every forward is a collective there); use a DDP or single-device strategy"
+            )
+        if self._scorer is not None:
+            return
+        if self.explainer is None:
+            self.explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
+        self._scorer = Scorer(
+            self.metrics, self.explainer.model, self.explainer.preprocess, self.explainer.output, self.explainer.batch_size, self.pointing_tolerance
+        )
+        if not trainer.loggers:
+            rank_zero_warn(
+                "PAMICallback: the Trainer has no logger, so no images are logged; "
+                f"the scores are still in trainer.callback_metrics under '{self.key_prefix}/...'"
+            )
+
+    @override
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._val_count += 1
+            if self._val_count % self.every_n_val_epochs:
+                return
+        elif not (trainer.state.fn == TrainerFn.VALIDATING and self.on_validate):
+            return
+        with isolated_rng(pl_module.device):
+            # States made here stay inference tensors; trainer.validate() runs in inference mode and
+            # fit's validation does not, so metric states must always be updated inside it.
+            with torch.inference_mode():
+                result = self._explain(trainer, pl_module)
+            self._log(trainer, pl_module, result)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_count": self._val_count, "history": self._history.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._val_count = state_dict["val_count"]
+        self._history.load_state_dict(state_dict["history"])
+
+    # ------------------------------------------------------------------ the work
+
+    def _explain(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> _Explained:
+        """Explain this rank's shard, gather all shards and score them (every rank, same collectives)."""
+        assert self.explainer is not None and self._scorer is not None
+        sample = self._samples(trainer, pl_module)
+        assert self._indices is not None
+        part, size = shard(sample.images.shape[0], trainer.global_rank, trainer.world_size)
+        images = sample.images[part]
+        self._scorer.to(pl_module.device)
+        # Hooks run outside the precision context; the model must see what validation_step sees.
+        with trainer.precision_plugin.forward_context():
+            preds, confidence, targets = self._predict(images, None if sample.labels is None else sample.labels[part])
+            if images.shape[0]:
+                maps = self.explainer.explain(images, target=targets).float()
+                self._scorer.update_shard(images, maps, targets)
+            else:  # more ranks than samples: this rank only pads the gather
+                maps = images.new_zeros(0, *images.shape[2:], dtype=torch.float32)
+        maps, ints, floats = self._gather(trainer, size, maps, torch.stack([preds, targets], 1), confidence[:, None])
+        scores = self._scorer.compute_shards()  # a collective: every rank, never behind is_global_zero
+        mask_scores, per_sample = self._scorer.score_all(maps, self._masks(sample))
+        scores.update(mask_scores)
+        stability = self._history.stability(self._indices, maps)
+        if stability is not None:
+            scores["stability"] = float(stability.mean())
+            per_sample["stability"] = stability
+        return _Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], scores, per_sample)
+
+    def _log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: _Explained) -> None:
+        for name in [*self.metrics, "stability"]:
+            if name in result.scores:
+                # Every rank holds the same value; "max" makes Lightning's distributed sync an exact no-op.
+                pl_module.log(f"{self.key_prefix}/{name}", result.scores[name], sync_dist=True, reduce_fx="max")
+        rows = self._rows(trainer, result)
+        if trainer.is_global_zero:
+            dispatch(trainer.loggers, self._report(trainer, result, rows))
+        assert self._indices is not None
+        self._history.push(self._indices, result.maps, self._val_count, rows)
+
+    def _samples(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Sample:
+        """The samples on the device, through the same transfer path as validation batches."""
+        if self._batch is None:
+            loader = _val_loader(trainer.val_dataloaders, self.dataloader_idx)
+            self._indices, self._batch = load_items(loader, self.num_samples, self.sample_indices)
+        # A copy: users' transfer hooks may edit the batch in place.
+        batch = trainer.precision_plugin.convert_input(copy.deepcopy(self._batch))
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=self.dataloader_idx)
+        return default_batch_to_sample(self.batch_to_sample(batch))
+
+    def _predict(self, images: Tensor, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-1 prediction, score of the explained class and the explained class of each image ``[m]``."""
+        assert self.explainer is not None
+        explainer = self.explainer
+        if self.target == "label" and labels is None:
+            raise ValueError('PAMICallback(target="label") needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
+        if images.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=images.device)
+            return empty, empty.float(), empty
+        with torch.inference_mode(), eval_mode(explainer.model):
+            chunks = images.split(explainer.batch_size)
+            outputs = torch.cat([explainer.model(explainer.preprocess(x) if explainer.preprocess else x) for x in chunks])
+            preds = top1(outputs)
+            targets = labels.to(preds.device) if self.target == "label" and labels is not None else preds
+            confidence = explainer.score_fn(outputs, targets).float()
+        return preds, confidence, targets
+
+    def _gather(self, trainer: "pl.Trainer", size: int, maps: Tensor, ints: Tensor, floats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All ranks' shards in sample order; shards are padded to ``size`` rows, marked by id -1."""
+        ids = torch.arange(ints.shape[0], device=ints.device)
+        ints = torch.cat([ids[:, None], ints], 1)
+        gathered = [
+            trainer.strategy.all_gather(pad_to(t, size, fill)).reshape(-1, *t.shape[1:])
+            for t, fill in ((maps, 0), (ints, -1), (floats, 0))
+        ]
+        keep = gathered[1][:, 0] >= 0
+        return gathered[0][keep], gathered[1][keep, 1:], gathered[2][keep]
+
+    def _masks(self, sample: Sample) -> Optional[Tensor]:
+        asked = [m for m in self.metrics if m in MASK_METRICS]
+        if sample.masks is None and asked and not self._warned_no_masks:
+            self._warned_no_masks = True
+            rank_zero_warn(f"PAMICallback: the samples have no object masks (mask or boxes), so {asked} are skipped")
+        return sample.masks
+
+    def _rows(self, trainer: "pl.Trainer", result: _Explained) -> list[dict[str, Any]]:
+        """One row of scalars per sample for the sample x validation table."""
+        assert self._indices is not None
+        labels = result.sample.labels
+        rows = []
+        for i, index in enumerate(self._indices):
+            row = {"sample": index, "validation": self._val_count, "epoch": trainer.current_epoch}
+            row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]), confidence=float(result.confidence[i]))
+            row.update({name: float(values[i]) for name, values in result.per_sample.items()})
+            rows.append(row)
+        return rows
+
+    def _report(self, trainer: "pl.Trainer", result: _Explained, rows: list[dict[str, Any]]) -> Report:
+        """Pictures, captions, arrays and the table of this validation (global rank zero only)."""
+        assert self._indices is not None
+        k = min(self.max_images, len(self._indices))
+        report = Report(
+            step=trainer.fit_loop.epoch_loop._batches_that_stepped,
+            prefix=self.key_prefix,
+            names=[f"sample_{i}" for i in self._indices[:k]],
+            captions=[_caption(row) for row in rows[:k]],
+        )
+        maps = result.maps.cpu()
+        if self.log_images:
+            images = result.sample.images[:k].detach().float().cpu()
+            report.overlays = overlay(images, maps[:k], self.alpha, self.colormap)
+            rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+            report.grid = make_grid(torch.cat([rgb.clamp(0, 1), report.overlays]), nrow=k)
+            report.timeline = timeline(images, self._history.timeline(self._indices, maps)[:k], self.alpha, self.colormap)
+        labels = result.sample.labels
+        report.arrays = {
+            "maps": maps.numpy(),
+            "indices": np.asarray(self._indices),
+            "labels": np.full(len(self._indices), -1) if labels is None else labels.cpu().numpy(),
+            "predictions": result.preds.cpu().numpy(),
+            "targets": result.targets.cpu().numpy(),
+            "confidence": result.confidence.cpu().numpy(),
+            **{name: values.cpu().numpy() for name, values in result.per_sample.items()},
+        }
+        all_rows = self._history.rows + rows
+        report.table_columns = list(dict.fromkeys(key for row in all_rows for key in row))
+        report.table_rows = [[row.get(c) for c in report.table_columns] for row in all_rows]
+        return report
+
+
+@dataclass
+class _Explained:
+    """One explained validation, gathered: every rank holds all of it."""
+
+    sample: Sample  # all samples, on the device
+    maps: Tensor  # [n, H, W] float32
+    preds: Tensor  # [n] top-1 class of the clean image
+    targets: Tensor  # [n] explained class
+    confidence: Tensor  # [n] score of the explained class on the clean image
+    scores: dict[str, float]  # metric name -> value
+    per_sample: dict[str, Tensor]  # metric name -> [n] per-sample values (NaN: not counted)
+
+
+def _val_loader(loaders: Any, idx: int) -> Any:
+    if loaders is None:
+        raise MisconfigurationException("PAMICallback needs a validation dataloader")
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    if not 0 <= idx < len(loaders):
+        raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} validation dataloaders")
+    return loaders[idx]
+
+
+def _caption(row: dict[str, Any]) -> str:
+    parts = [f"#{row['sample']}"]
+    if row["label"] is not None:
+        parts.append(f"label {row['label']}")
+    parts.append(f"pred {row['prediction']} (score {row['confidence']:.2f})")
+    if "pointing_game" in row and row["pointing_game"] == row["pointing_game"]:
+        parts.append("hit" if row["pointing_game"] > 0.5 else "miss")
+    if "energy_pointing_game" in row and row["energy_pointing_game"] == row["energy_pointing_game"]:
+        parts.append(f"energy {row['energy_pointing_game']:.2f}")
+    if "stability" in row:
+        parts.append(f"stability {row['stability']:.2f}")
+    return " · ".join(parts)

@@ -1,0 +1,102 @@
+"""The callback's interpretation scores, exact under any sharding of the samples over DDP ranks.
+
+- Mask metrics (pointing game, energy pointing game) need no model: every rank scores the gathered
+  maps of *all* samples locally (no collective), so each rank holds the single-process value.
+- Model metrics (insertion, deletion) run the model hundreds of times per sample: each rank updates
+  them on its own shard and ``compute()`` sums their sum-states over the ranks (torchmetrics'
+  sync, a collective that every rank runs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..metrics import Deletion, EnergyPointingGame, Insertion, PointingGame
+from ..metrics.functional import energy_pointing_game, pointing_game
+from ..scores import OutputSpec
+
+__all__ = ["METRICS", "MASK_METRICS", "Scorer"]
+
+MASK_METRICS = ("pointing_game", "energy_pointing_game")
+MODEL_METRICS = ("insertion", "deletion")
+METRICS = MASK_METRICS + MODEL_METRICS
+
+
+class Scorer:
+    """Owns the metric objects of one callback.
+
+    Args:
+        names: metrics to compute, a subset of :data:`METRICS`.
+        model: the explained model (called by insertion / deletion).
+        preprocess: the explainer's ``preprocess``.
+        output: the explainer's ``output``.
+        batch_size: forward batch size of insertion / deletion.
+        tolerance: pointing game tolerance in pixels (0: the point must lie inside the mask).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        model: Callable[[Tensor], Tensor],
+        preprocess: Optional[Callable[[Tensor], Tensor]],
+        output: OutputSpec,
+        batch_size: int,
+        tolerance: float,
+    ) -> None:
+        self.names = list(names)
+        self.tolerance = tolerance
+        # Every rank scores the same gathered maps: summing identical states over ranks is wasted work.
+        self.mask_metrics = {
+            name: metric
+            for name, metric in (
+                ("pointing_game", PointingGame(tolerance=tolerance, sync_on_compute=False)),
+                ("energy_pointing_game", EnergyPointingGame(sync_on_compute=False)),
+            )
+            if name in self.names
+        }
+        causal = dict(preprocess=preprocess, output=output, batch_size=batch_size)
+        self.model_metrics = {
+            name: metric
+            for name, metric in (("insertion", Insertion(model, **causal)), ("deletion", Deletion(model, **causal)))
+            if name in self.names
+        }
+
+    def to(self, device: torch.device) -> "Scorer":
+        """Move the metric states (Lightning does not move metrics a callback owns)."""
+        for metric in (*self.mask_metrics.values(), *self.model_metrics.values()):
+            metric.to(device)
+        return self
+
+    def update_shard(self, images: Tensor, maps: Tensor, targets: Tensor) -> None:
+        """Feed this rank's shard to the model metrics (``images [m, C, H, W]``, ``maps [m, H, W]``)."""
+        for metric in self.model_metrics.values():
+            metric.update(images, maps, target=targets)
+
+    def compute_shards(self) -> dict[str, float]:
+        """Model metrics over all ranks' shards, then reset. A collective: call it on every rank."""
+        scores = {}
+        for name, metric in self.model_metrics.items():
+            scores[name] = float(metric.compute())
+            metric.reset()
+        return scores
+
+    def score_all(self, maps: Tensor, masks: Optional[Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Mask metrics of all samples (no collective): the values and per-sample ``[n]`` values.
+
+        Per-sample values are NaN where a sample is not counted (empty mask, no positive energy).
+        Returns empty dicts when ``masks`` is None.
+        """
+        if masks is None or not self.mask_metrics:
+            return {}, {}
+        masks = masks.to(maps.device)
+        functional = {"pointing_game": lambda m, k: pointing_game(m, k, tolerance=self.tolerance), "energy_pointing_game": energy_pointing_game}
+        scores, per_sample = {}, {}
+        for name, metric in self.mask_metrics.items():
+            metric.update(maps, masks)
+            scores[name] = float(metric.compute())
+            metric.reset()
+            per_sample[name] = torch.stack([functional[name](maps[i : i + 1], masks[i : i + 1]) for i in range(maps.shape[0])]).float().cpu()
+        return scores, per_sample

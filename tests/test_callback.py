@@ -1,0 +1,315 @@
+"""PAMICallback: arguments, sample handling, training side effects, resume, precision, CLI (CPU, real Trainer)."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from pami_lightning import PAMI, PAMICallback, SlidingWindow
+from pami_lightning.callbacks import Sample, default_batch_to_sample
+from pami_lightning.callbacks.samples import select_indices, shard
+
+METRICS = ["pointing_game", "energy_pointing_game", "insertion", "deletion"]
+
+
+# ---------------------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_samples=0), "num_samples"),
+        (dict(sample_indices=[1, 1]), "repeats"),
+        (dict(target="logits"), "target"),
+        (dict(every_n_val_epochs=0), "every_n_val_epochs"),
+        (dict(metrics=["pointing_game", "iou"]), "unknown metrics"),
+        (dict(pointing_tolerance=-1), "pointing_tolerance"),
+        (dict(max_images=0), "max_images"),
+        (dict(alpha=1.5), "alpha"),
+        (dict(colormap="nope"), "colour map"),
+        (dict(key_prefix=""), "key_prefix"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(output="logsoftmax"), "output"),
+        (dict(explainer=PAMI(torch.nn.Identity()), batch_size=8), "either explainer"),
+        (dict(batch_to_sample=3), "callable"),
+    ],
+)
+def test_constructor_validates_early(kwargs: dict, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        PAMICallback(**kwargs)
+
+
+def test_samples_are_evenly_spaced_and_need_no_rng() -> None:
+    state = torch.get_rng_state()
+    assert select_indices(100, 4, None) == [12, 37, 62, 87]
+    assert select_indices(3, 8, None) == [0, 1, 2]
+    assert select_indices(10, 4, [7, -1]) == [7, 9]
+    with pytest.raises(IndexError, match="out of range"):
+        select_indices(10, 4, [10])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("n, world", [(8, 2), (5, 2), (3, 4), (1, 2), (7, 3)])
+def test_shards_are_contiguous_and_cover_every_sample_once(n: int, world: int) -> None:
+    parts = [shard(n, rank, world) for rank in range(world)]
+    assert all(size == -(-n // world) for _, size in parts)
+    assert [i for part, _ in parts for i in range(n)[part]] == list(range(n))
+
+
+def test_default_batch_to_sample_formats() -> None:
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([1, 0])
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, 2:4, 2:6] = True
+    assert default_batch_to_sample((x, y)).masks is None
+    got = default_batch_to_sample([x, y, mask.float()[:, None]])
+    assert torch.equal(got.masks, mask) and torch.equal(got.labels, y)
+    got = default_batch_to_sample({"input": x, "target": y, "boxes": [torch.tensor([[2, 2, 6, 4]]), torch.tensor([[2.0, 2, 6, 4]])]})
+    assert torch.equal(got.masks, mask)
+    assert default_batch_to_sample(x).labels is None
+    assert default_batch_to_sample(Sample(x)).images is x
+    with pytest.raises(ValueError, match="images under one of"):
+        default_batch_to_sample({"pixels": x})
+    with pytest.raises(ValueError, match="labels must be"):
+        default_batch_to_sample((x, torch.rand(2, 3)))
+    with pytest.raises(ValueError, match="masks must be"):
+        default_batch_to_sample((x, y, mask[:, :4]))
+
+
+# ---------------------------------------------------------------------------------------- behaviour in fit
+
+
+def test_no_logger_warns_once_and_scores_reach_callback_metrics(tmp_path: Any) -> None:
+    cb = callback(every_n_val_epochs=2, pointing_tolerance=0)
+    tr = trainer(tmp_path, [cb], max_epochs=4, num_sanity_val_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.fit(TinyNet(), *loaders())
+    assert sum("no logger" in str(w.message) for w in caught) == 1
+    assert set(scores(tr)) == {f"pami/{m}" for m in METRICS + ["stability"]}
+    assert all(np.isfinite(v) for v in scores(tr).values())
+    # Four validations (the sanity check is not one), every second explained.
+    assert cb._val_count == 4 and cb._history.columns == [2, 4]
+
+
+def test_validate_runs_only_when_asked(tmp_path: Any) -> None:
+    _, val = loaders()
+    for on_validate in (False, True):
+        tr = trainer(tmp_path, [callback(on_validate=on_validate, metrics=["pointing_game"])])
+        tr.validate(TinyNet(), val, verbose=False)
+        assert ("pami/pointing_game" in tr.callback_metrics) is on_validate
+
+
+class _Record(Callback):
+    """Records each submodule's mode, grad mode and the RNG just before/after the PAMI callback."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        modes = tuple(m.training for m in pl_module.modules())
+        self.seen.append((modes, torch.is_grad_enabled(), torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()))
+
+
+class _RandomAugment(Dataset):
+    """A validation dataset whose ``__getitem__`` draws from every global RNG (like augmentations)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        x, y, m = self.base[i]
+        noise = 0.01 * torch.rand(1).item() + 0.01 * np.random.rand() + 0.01 * random.random()
+        return (x + noise).clamp(0, 1), y, m
+
+
+def _seeded_fit(tmp_path: Any, callbacks: list) -> tuple[L.Trainer, TinyNet]:
+    L.seed_everything(7, verbose=False)
+    model = TinyNet()
+    model.net[1].eval()  # a user-frozen BatchNorm: must stay in eval mode
+    train, val = loaders()
+    val = DataLoader(_RandomAugment(val.dataset), batch_size=16)
+    tr = trainer(tmp_path, callbacks, max_epochs=2, limit_train_batches=3)
+    tr.fit(model, train, val)
+    return tr, model
+
+
+def test_never_changes_training(tmp_path: Any) -> None:
+    before, after = _Record(), _Record()
+    cb = callback()
+    tr, with_cb = _seeded_fit(tmp_path / "a", [before, cb, after])
+    rng_with = (torch.get_rng_state(), np.random.get_state()[1], random.getstate())
+    _, without = _seeded_fit(tmp_path / "b", [])
+    rng_without = (torch.get_rng_state(), np.random.get_state()[1], random.getstate())
+
+    assert "pami/insertion" in tr.callback_metrics
+    for (name, p), q in zip(with_cb.state_dict().items(), without.state_dict().values()):
+        assert torch.equal(p, q), f"{name} differs with the callback"
+    assert torch.equal(rng_with[0], rng_without[0]) and np.array_equal(rng_with[1], rng_without[1]) and rng_with[2] == rng_without[2]
+    assert not with_cb.net[1].training and with_cb.net[0].training
+    # Around the callback's own hook: same modes, grad mode and RNG states.
+    for b, a in zip(before.seen, after.seen):
+        assert b[0] == a[0] and b[1] == a[1] and b[4] == a[4]
+        assert torch.equal(b[2], a[2]) and np.array_equal(b[3], a[3])
+    assert not cb._history.last_maps.requires_grad and all(p.grad is None or not p.grad.requires_grad for p in with_cb.parameters())
+
+
+def test_resume_keeps_counter_and_drift_history(tmp_path: Any) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = callback(metrics=["pointing_game"])
+    trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(TinyNet(), *loaders())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert saved["val_count"] == 2 and saved["history"]["columns"] == [1, 2]
+
+    resumed = callback(metrics=["pointing_game"])
+    tr = trainer(tmp_path, [resumed], max_epochs=3)
+    tr.fit(TinyNet(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed._val_count == 3 and resumed._history.columns == [1, 2, 3]
+    # The first validation after the resume already compares with the maps saved in the checkpoint.
+    assert "pami/stability" in tr.callback_metrics
+    assert len(resumed._history.rows) == 3 * 4
+
+
+def test_two_instances_keep_separate_state(tmp_path: Any) -> None:
+    a, b = callback(metrics=["pointing_game"]), callback(metrics=["insertion"], key_prefix="pami_b", num_samples=2)
+    assert a.state_key != b.state_key
+    tr = trainer(tmp_path, [a, b], max_epochs=1)
+    tr.fit(TinyNet(), *loaders())
+    assert {"pami/pointing_game", "pami_b/insertion"} <= set(tr.callback_metrics)
+    assert len(a._history.indices) == 4 and len(b._history.indices) == 2
+
+
+def test_missing_masks_warn_once_and_skip_mask_metrics(tmp_path: Any) -> None:
+    ds = shapes(24, seed=1)
+    val = DataLoader(torch.utils.data.TensorDataset(*ds.tensors[:2]), batch_size=16)
+    tr = trainer(tmp_path, [callback()], max_epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.fit(TinyNet(), loaders()[0], val)
+    assert sum("no object masks" in str(w.message) for w in caught) == 1
+    assert set(scores(tr)) == {"pami/insertion", "pami/deletion", "pami/stability"}
+
+
+def _images_only(batch: Any) -> Sample:
+    return Sample(batch[0])
+
+
+def test_target_label_needs_labels(tmp_path: Any) -> None:
+    tr = trainer(tmp_path, [callback(metrics=["insertion"], batch_to_sample=_images_only)], max_epochs=1)
+    with pytest.raises(ValueError, match='target="pred"'):
+        tr.fit(TinyNet(), *loaders())
+    tr = trainer(tmp_path, [callback(metrics=["insertion"], batch_to_sample=_images_only, target="pred")], max_epochs=1)
+    tr.fit(TinyNet(), *loaders())
+    assert "pami/insertion" in tr.callback_metrics
+
+
+class _DictNet(TinyNet):
+    """Loads uint8 dict batches and converts them in the transfer hooks, as users do."""
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return {"image": batch["pixels"], "label": batch["y"], "mask": batch["m"]}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return {**batch, "image": batch["image"].float() / 255}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return super().training_step((batch["image"], batch["label"]), batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().validation_step((batch["image"], batch["label"]), batch_idx)
+
+
+class _DictShapes(Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        self.x, self.y, self.m = shapes(n, seed).tensors
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixels": (self.x[i] * 255).round().to(torch.uint8), "y": self.y[i], "m": self.m[i]}
+
+
+def test_batches_go_through_the_transfer_hooks_and_second_dataloader(tmp_path: Any) -> None:
+    seen: list[torch.Tensor] = []
+    cb = callback(dataloader_idx=1, sample_indices=[0, 5], batch_to_sample=lambda b: (seen.append(b["image"]), default_batch_to_sample(b))[1])
+    vals = [DataLoader(_DictShapes(8, seed=1), batch_size=8), DataLoader(_DictShapes(8, seed=2), batch_size=8)]
+    tr = trainer(tmp_path, [cb], max_epochs=1)
+    tr.fit(_DictNet(), DataLoader(_DictShapes(32, seed=0), batch_size=16), vals)
+    assert seen[0].dtype == torch.float32 and float(seen[0].max()) <= 1.0
+    assert torch.allclose(seen[0], shapes(8, seed=2).tensors[0][[0, 5]], atol=1 / 255)
+    assert "pami/pointing_game" in tr.callback_metrics
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_runs_under_the_trainers_precision(tmp_path: Any, precision: str) -> None:
+    tr = trainer(tmp_path, [callback(metrics=["pointing_game", "insertion"])], max_epochs=1, precision=precision)
+    tr.fit(TinyNet(), *loaders())
+    assert all(np.isfinite(v) for v in scores(tr).values()) and len(scores(tr)) == 2
+
+
+def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
+    model = TinyNet()
+    calls = []
+    explainer = PAMI(lambda x: (calls.append(len(x)), model(x))[1], partition=SlidingWindow(radius=8, stride=8), batch_size=16)
+    tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game"])], max_epochs=1)
+    tr.fit(model, *loaders())
+    # 2 clean forwards + 2 images x 16 windows in full batches of 16.
+    assert calls == [2, 16, 16]
+
+
+# ---------------------------------------------------------------------------------------- LightningCLI
+
+
+class _CLINet(TinyNet):
+    def train_dataloader(self) -> DataLoader:
+        return loaders()[0]
+
+    def val_dataloader(self) -> DataLoader:
+        return loaders()[1]
+
+
+def test_lightning_cli_yaml_config(tmp_path: Any) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+trainer:
+  default_root_dir: {tmp_path}
+  max_epochs: 1
+  limit_train_batches: 2
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: pami_lightning.PAMICallback
+      init_args:
+        num_samples: 2
+        metrics: [pointing_game, insertion]
+        pointing_tolerance: 0
+        key_prefix: explain
+        partition:
+          class_path: pami_lightning.SlidingWindow
+          init_args: {{radius: 8, stride: 4}}
+        masker:
+          class_path: pami_lightning.Constant
+          init_args: {{value: 0.0}}
+"""
+    )
+    cli = LightningCLI(_CLINet, args=["fit", "--config", str(config)], save_config_kwargs={"overwrite": True})
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, PAMICallback)]
+    assert cb.num_samples == 2 and cb.partition.radius == 8 and cb.partition.stride == 4 and cb.key_prefix == "explain"
+    assert {"explain/pointing_game", "explain/insertion"} == set(scores(cli.trainer, "explain"))
