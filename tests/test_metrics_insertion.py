@@ -157,8 +157,9 @@ def test_model_runs_in_eval_and_inference_mode_and_modes_are_restored():
 
 def test_model_is_not_a_submodule_and_copies_share_it():
     model = make_cnn()
-    metric = Insertion(model, preprocess=normalize)
-    assert set(metric.state_dict()) == set() and list(metric.children()) == []
+    metric = Insertion(model, preprocess=nn.BatchNorm2d(3))  # a module preprocess stays unregistered too
+    metric.persistent(True)
+    assert set(metric.state_dict()) == {"auc_sum", "count", "curve_sum"} and list(metric.children()) == []
     assert not any(p is q for p in metric.parameters() for q in model.parameters())
     clone = metric.clone()
     assert clone.model is model and copy.deepcopy(metric).model is model
