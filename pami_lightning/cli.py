@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -165,6 +166,13 @@ def load_class(spec: str) -> type:
     return obj
 
 
+def _not_a_checkpoint(path: Path, exc: Exception) -> str:
+    """Why loading failed; torch's own message for a file that is no checkpoint at all misleads."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        return "not a PyTorch checkpoint (torch.save and Lightning write zip archives; this file is not one)"
+    return _one_line(exc)
+
+
 def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, Any]) -> "nn.Module":
     """Build ``cls`` with the weights of ``checkpoint`` on ``device``, in eval mode.
 
@@ -180,12 +188,12 @@ def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, An
         try:
             model = cls.load_from_checkpoint(checkpoint, map_location=device, **init_args)
         except Exception as exc:
-            raise CLIError(f"--checkpoint: {name}.load_from_checkpoint('{checkpoint}') failed: {_one_line(exc)}") from exc
+            raise CLIError(f"--checkpoint: {name}.load_from_checkpoint('{checkpoint}') failed: {_not_a_checkpoint(checkpoint, exc)}") from exc
         return model.eval()
     try:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
     except Exception as exc:
-        raise CLIError(f"--checkpoint: cannot read '{checkpoint}' as a torch checkpoint: {_one_line(exc)}") from exc
+        raise CLIError(f"--checkpoint: cannot read '{checkpoint}': {_not_a_checkpoint(checkpoint, exc)}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -255,6 +263,8 @@ def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"{', '.join(sliding_only)} shape sliding windows; drop them or use --strategy sliding")
     if args.second_run and args.strategy != "superpixels":
         raise CLIError("--second-run re-segments the first map: it needs --strategy superpixels")
+    if not args.checkpoint.is_file():
+        raise CLIError(f"--checkpoint: file not found: {args.checkpoint}")
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png path (the raw map goes next to it as .npy); got '{args.out}'")
     if not 0 <= args.alpha <= 1:
@@ -287,9 +297,11 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError as exc:
         raise CLIError(f"--device: {_one_line(exc)}") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available here; use --device cpu")
     model = load_model(load_class(args.module), args.checkpoint, device, init_args)
 
     if args.strategy == "sliding":
@@ -304,9 +316,11 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     start = time.perf_counter()
     try:
         heat, target = explainer.explain(image.to(device), target=args.target, return_target=True)
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except ValueError as exc:  # the engine's own checks: targets, outputs, scores
+        raise CLIError(f"cannot explain: {' '.join(str(exc).split())}") from exc
+    except (RuntimeError, TypeError) as exc:
         h, w = image.shape[-2:]
-        raise CLIError(f"explaining a [1, 3, {h}, {w}] image failed: {_one_line(exc)} (check --size, --preprocess and --score)") from exc
+        raise CLIError(f"the model failed on a [N, 3, {h}, {w}] batch: {_one_line(exc)} (if it expects another size, pass --size H W)") from exc
     finally:
         hook.remove()
     seconds = time.perf_counter() - start
