@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from conftest import make_cnn, normalize, random_images
+from conftest import MEAN, STD, make_cnn, normalize, random_images
 from pami_lightning import PAMI, Blur, Constant, SlidingWindow
 from pami_lightning.metrics import Deletion, Insertion, PointingGame, boxes_to_mask
 from pami_lightning.metrics.functional import curve_auc, deletion, deletion_curves, insertion, insertion_curves
@@ -210,6 +210,16 @@ def test_heatmaps_are_resized_and_targets_can_be_given():
     torch.testing.assert_close(by_int, deletion_curves(model, images, big, [3, 3], step=9))
     want = rise_curve(model, images[1], torch.zeros(3, 12, 12), big[1], 9, 3)
     torch.testing.assert_close(by_int[1], want, atol=1e-5, rtol=0)
+
+
+def test_an_in_place_preprocess_changes_neither_the_images_nor_the_curves():
+    model, images, heatmaps = make_cnn(), random_images(2, 12, seed=7), torch.rand(2, 12, 12)
+    kept = images.clone()
+    want = insertion_curves(model, images, heatmaps, step=9, preprocess=normalize)
+    in_place = lambda x: x.sub_(MEAN).div_(STD)  # noqa: E731
+    got = insertion_curves(model, images, heatmaps, step=9, preprocess=in_place)
+    assert torch.equal(images, kept)
+    torch.testing.assert_close(got, want)
 
 
 def test_insertion_and_deletion_errors():

@@ -78,8 +78,8 @@ def causal_curves(
     with torch.inference_mode(), eval_mode(model):
         blurred = substrate.substrate(images)
         start, finish = (blurred, images) if kind == "insertion" else (images, blurred)
-        if given is None:  # RISE: the clean image's top-1 class
-            targets = torch.cat([top1(forward(images[i : i + batch_size])) for i in range(0, b, batch_size)])
+        if given is None:  # RISE: the clean image's top-1 class (on copies: a model may edit its input in place)
+            targets = torch.cat([top1(forward(images[i : i + batch_size].clone())) for i in range(0, b, batch_size)])
         else:
             targets = given
         targets = targets.repeat_interleave(points)  # one per step image, in the flat order
