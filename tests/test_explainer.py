@@ -318,14 +318,16 @@ def test_outputs_not_n_by_k(output):
         explainer.explain(random_images(1, 16))
 
 
-def test_nan_or_inf_scores():
+@pytest.mark.parametrize("bad, output", [(float("nan"), "softmax"), (float("inf"), "identity")])
+def test_nan_or_inf_scores(bad, output):
     def model(x):
         out = torch.stack([x.mean(dim=(1, 2, 3)), torch.zeros(len(x))], 1)
-        out[x[:, 0, 0, 0] > 0] = float("nan")  # NaN whenever the top-left pixel is kept
+        out[x[:, 0, 0, 0] > 0] = bad  # whenever the top-left pixel is kept
         return out
 
+    images = torch.cat([random_images(1, 16), torch.zeros(1, 3, 16, 16)])  # only input 0 goes bad
     with pytest.raises(ValueError, match=r"scores were NaN or inf for \d+ masked inputs \(inputs \[0\]\)"):
-        PAMI(model, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(1, 16), target=0)
+        PAMI(model, SlidingWindow(4, 4), Constant(0.0), output=output).explain(images, target=0)
 
 
 def test_segmenter_with_a_wrong_label_map_fails_in_explain(cnn):
