@@ -11,6 +11,9 @@ writes what ``log_metrics`` cannot carry:
 - Any other logger with a ``log_dir`` (e.g. ``CSVLogger``): PNG files and an ``.npz`` of the maps
   under ``<log_dir>/<key_prefix>/step_<step>/``.
 
+Text samples have no overlays: each sample's picture is its highlighted tokens (an image for
+TensorBoard and files), and W&B and files also get them as HTML.
+
 Call :func:`dispatch` on global rank zero only: it writes files.
 """
 
@@ -44,6 +47,8 @@ class Report:
         arrays: what the ``.npz`` holds (maps, dataset indices, labels, predictions, per-sample scores).
         table_columns: columns of the sample x validation table.
         table_rows: its rows, one per sample and explained validation so far.
+        token_images: text samples: ``[3, H, W]`` pictures of each sample's highlighted tokens, or ``None``.
+        token_html: text samples: the same as HTML (W&B ``wandb.Html``, ``.html`` files), or ``None``.
     """
 
     step: int
@@ -56,6 +61,8 @@ class Report:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     table_columns: list[str] = field(default_factory=list)
     table_rows: list[list[Any]] = field(default_factory=list)
+    token_images: Optional[list[Tensor]] = None
+    token_html: Optional[list[str]] = None
 
 
 def dispatch(loggers: Sequence[Logger], report: Report) -> None:
@@ -74,9 +81,8 @@ def _to_tensorboard(logger: TensorBoardLogger, report: Report) -> None:
     for tag, image in ((f"{report.prefix}/overlays", report.grid), (f"{report.prefix}/timeline", report.timeline)):
         if image is not None:
             writer.add_image(tag, image, global_step=report.step, dataformats="CHW")
-    if report.overlays is not None:
-        for name, image in zip(report.names, report.overlays):
-            writer.add_image(f"{report.prefix}/{name}", image, global_step=report.step, dataformats="CHW")
+    for name, image in zip(report.names, _per_sample_images(report)):
+        writer.add_image(f"{report.prefix}/{name}", image, global_step=report.step, dataformats="CHW")
 
 
 def _to_wandb(logger: WandbLogger, report: Report) -> None:
@@ -88,6 +94,10 @@ def _to_wandb(logger: WandbLogger, report: Report) -> None:
     for key, image in (("overlays", report.grid), ("timeline", report.timeline)):
         if image is not None:
             logger.log_image(f"{report.prefix}/{key}", [to_uint8(image)], step=report.step)
+    if report.token_html is not None:
+        import wandb
+
+        logger.log_metrics({f"{report.prefix}/{name}": wandb.Html(page) for name, page in zip(report.names, report.token_html)}, step=report.step)
     if report.table_rows:
         logger.log_table(f"{report.prefix}/table", columns=report.table_columns, data=report.table_rows, step=report.step)
 
@@ -99,9 +109,17 @@ def _to_files(log_dir: str, report: Report) -> None:
     os.makedirs(folder, exist_ok=True)
     if report.arrays:
         np.savez_compressed(os.path.join(folder, "maps.npz"), **report.arrays)
-    pictures = [("overlays", report.grid), ("timeline", report.timeline)]
-    if report.overlays is not None:
-        pictures += list(zip(report.names, report.overlays))
+    pictures = [("overlays", report.grid), ("timeline", report.timeline), *zip(report.names, _per_sample_images(report))]
+    for name, page in zip(report.names, report.token_html or []):
+        with open(os.path.join(folder, f"{name}.html"), "w", encoding="utf-8") as f:
+            f.write(page)
     for name, image in pictures:
         if image is not None:
             Image.fromarray(to_uint8(image)).save(os.path.join(folder, f"{name}.png"))
+
+
+def _per_sample_images(report: Report) -> list[Tensor]:
+    """One picture per logged sample: its overlay (images) or its highlighted tokens (text)."""
+    if report.overlays is not None:
+        return list(report.overlays)
+    return list(report.token_images or [])

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from .._inputs import batch_len, call, main_tensor, take
 from .._modes import eval_mode
 from ..explainer import PAMI
 from ..maskers import Masker
@@ -34,6 +35,7 @@ from .drift import DriftHistory
 from .logging import Report, dispatch
 from .samples import Sample, default_batch_to_sample, isolated_rng, load_items, pad_to, shard
 from .scoring import MASK_METRICS, METRICS, Scorer
+from .text import TokensFn, is_text, select_rows, spatial_shape, text_batch_to_sample, token_pictures
 
 MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
@@ -85,6 +87,14 @@ class PAMICallback(Callback):
             :class:`~pami_lightning.callbacks.Sample`; the default understands ``x``, ``(x, y)``,
             ``(x, y, mask)`` and dicts with ``image``/``input``, ``label``/``target``, ``mask``/``boxes`` keys.
         on_validate: also explain under ``trainer.validate()`` (default False).
+        tokens: text samples: turns a sample's token ids into the strings shown, e.g.
+            ``tokenizer.convert_ids_to_tokens`` (default: the ids themselves).
+
+    Text: with a token partition (``TokenWindows`` / ``Words`` and ``TokenMask`` / ``AttentionMask``)
+    the samples are token ids or dicts (``input_ids``, ``attention_mask``, ``word_ids``, ... and a
+    ``label`` key), the model is called ``model(**inputs)``, and each sample is logged as its tokens
+    highlighted by importance (images to TensorBoard, ``wandb.Html`` to W&B, PNG and HTML files
+    otherwise). Only ``stability`` is scored: the other metrics need images.
 
     Raises:
         ValueError: on an invalid argument.
@@ -122,6 +132,7 @@ class PAMICallback(Callback):
         key_prefix: str = "pami",
         batch_to_sample: Optional[Callable[[Any], Any]] = None,
         on_validate: bool = False,
+        tokens: Optional[TokensFn] = None,
     ) -> None:
         if sample_indices is not None:
             sample_indices = [int(i) for i in sample_indices]
@@ -157,6 +168,8 @@ class PAMICallback(Callback):
             raise ValueError("key_prefix must be a non-empty string")
         if batch_to_sample is not None and not callable(batch_to_sample):
             raise ValueError(f"batch_to_sample must be callable; got {type(batch_to_sample).__name__}")
+        if tokens is not None and not callable(tokens):
+            raise ValueError(f"tokens must be callable (ids -> token strings); got {type(tokens).__name__}")
 
         self.num_samples, self.sample_indices = num_samples, sample_indices
         self.partition, self.masker, self.preprocess, self.output, self.batch_size = partition, masker, preprocess, output, batch_size
@@ -167,7 +180,8 @@ class PAMICallback(Callback):
         self.log_images, self.max_images, self.colormap, self.alpha = log_images, max_images, colormap, alpha
         self.key_prefix = key_prefix
         self.batch_to_sample = batch_to_sample or default_batch_to_sample
-        self.on_validate = on_validate
+        self.on_validate, self.tokens = on_validate, tokens
+        self._text = False  # token sequences instead of images: set in setup from the partition
 
         self._val_count = 0  # fit validation runs seen (not the sanity check), kept in checkpoints
         self._history = DriftHistory()
@@ -192,6 +206,9 @@ class PAMICallback(Callback):
             return
         if self.explainer is None:
             self.explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
+        self._text = is_text(self.explainer)
+        if self._text:
+            self.metrics = []  # pointing games, insertion and deletion need images
         self._scorer = Scorer(
             self.metrics, self.explainer.model, self.explainer.preprocess, self.explainer.output, self.explainer.batch_size, self.pointing_tolerance
         )
@@ -234,22 +251,22 @@ class PAMICallback(Callback):
         assert self.explainer is not None and self._scorer is not None
         sample = self._samples(trainer, pl_module)
         assert self._indices is not None
-        part, size = shard(sample.images.shape[0], trainer.global_rank, trainer.world_size)
-        images = sample.images[part]
+        part, size = shard(batch_len(sample.images), trainer.global_rank, trainer.world_size)
+        images = select_rows(sample.images, part)
         self._scorer.to(pl_module.device)
         # Hooks run outside the precision context; the model must see what validation_step sees.
         with trainer.precision_plugin.forward_context():
             preds, confidence, targets = self._predict(images, None if sample.labels is None else sample.labels[part])
-            if images.shape[0]:
+            if batch_len(images):
                 maps = self.explainer.explain(images, target=targets).float()
                 self._scorer.update_shard(images, maps, targets)
             else:  # more ranks than samples: this rank only pads the gather
-                maps = images.new_zeros(0, *images.shape[2:], dtype=torch.float32)
+                maps = main_tensor(images).new_zeros(0, *spatial_shape(images, self.explainer), dtype=torch.float32)
         maps, ints, floats = self._gather(trainer, size, maps, torch.stack([preds, targets], 1), confidence[:, None])
         scores = self._scorer.compute_shards()  # a collective: every rank, never behind is_global_zero
         mask_scores, per_sample = self._scorer.score_all(maps, self._masks(sample))
         scores.update(mask_scores)
-        stability = self._history.stability(self._indices, maps)
+        stability = self._history.stability(self._indices, self._as_history(maps))
         if stability is not None:
             scores["stability"] = float(stability.mean())
             per_sample["stability"] = stability
@@ -264,7 +281,11 @@ class PAMICallback(Callback):
         if trainer.is_global_zero:
             dispatch(trainer.loggers, self._report(trainer, result, rows))
         assert self._indices is not None
-        self._history.push(self._indices, result.maps, self._val_count, rows)
+        self._history.push(self._indices, self._as_history(result.maps), self._val_count, rows)
+
+    def _as_history(self, maps: Tensor) -> Tensor:
+        """Maps as the drift history keeps them: token maps ``[n, L]`` as one-row images ``[n, 1, L]``."""
+        return maps.unsqueeze(1) if self._text else maps
 
     def _samples(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Sample:
         """The samples on the device, through the same transfer path as validation batches."""
@@ -275,6 +296,8 @@ class PAMICallback(Callback):
         batch = trainer.precision_plugin.convert_input(copy.deepcopy(self._batch))
         batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
         batch = trainer.strategy.batch_to_device(batch, dataloader_idx=self.dataloader_idx)
+        if self._text:
+            return text_batch_to_sample(batch if self.batch_to_sample is default_batch_to_sample else self.batch_to_sample(batch))
         return default_batch_to_sample(self.batch_to_sample(batch))
 
     def _predict(self, images: Tensor, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -283,12 +306,13 @@ class PAMICallback(Callback):
         explainer = self.explainer
         if self.target == "label" and labels is None:
             raise ValueError('PAMICallback(target="label") needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
-        if images.shape[0] == 0:
-            empty = torch.zeros(0, dtype=torch.long, device=images.device)
+        n = batch_len(images)
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=main_tensor(images).device)
             return empty, empty.float(), empty
         with torch.inference_mode(), eval_mode(explainer.model):
-            chunks = images.split(explainer.batch_size)
-            outputs = torch.cat([explainer.model(explainer.preprocess(x) if explainer.preprocess else x) for x in chunks])
+            chunks = [take(images, i, i + explainer.batch_size) for i in range(0, n, explainer.batch_size)]
+            outputs = torch.cat([call(explainer.model, explainer.preprocess(x) if explainer.preprocess else x) for x in chunks])
             preds = top1(outputs)
             targets = labels.to(preds.device) if self.target == "label" and labels is not None else preds
             confidence = explainer.score_fn(outputs, targets).float()
@@ -335,7 +359,9 @@ class PAMICallback(Callback):
             captions=[_caption(row) for row in rows[:k]],
         )
         maps = result.maps.cpu()
-        if self.log_images:
+        if self.log_images and self._text:
+            report.token_images, report.token_html = token_pictures(result.sample.images, maps, k, self.tokens, self.colormap)
+        elif self.log_images:
             images = result.sample.images[:k].detach().float().cpu()
             report.overlays = overlay(images, maps[:k], self.alpha, self.colormap)
             rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
