@@ -4,10 +4,11 @@ The example generates its own corpus: template reviews ("the plot was truly wond
 dreadful ending") whose label is the polarity of their one sentiment word, among neutral words. A toy
 subword tokenizer splits long words into pieces (``wonderful`` -> ``wond ##erfu ##l``) and returns
 ``word_ids``, as a Hugging Face tokenizer does. A small bag-of-embeddings classifier is trained
-from scratch with Lightning; after every epoch PAMI explains a few fixed validation reviews with
-``Words()`` (one part per word, its pieces together) and ``AttentionMask()`` (removed words are not
-attended), and logs the highlighted words to TensorBoard (``pami/words`` images, ``pami/top_word``
-text). At the end it prints each word's importance and writes ``words.html``.
+from scratch with Lightning; after every epoch :class:`~pami_lightning.PAMICallback` explains 4 fixed
+validation reviews with ``Words()`` (one part per word, its pieces together) and ``AttentionMask()``
+(removed words are not attended) and logs them to TensorBoard as highlighted tokens
+(``pami/sample_<i>`` images, one step per epoch) with ``pami/stability``. At the end the example
+explains a few more reviews, prints each word's importance and writes ``words.html``.
 
 Run::
 
@@ -31,8 +32,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from pami_lightning import PAMI, AttentionMask, Words
-from pami_lightning.visualize import highlight_tokens, highlight_tokens_image
+from pami_lightning import PAMI, AttentionMask, PAMICallback, Words
+from pami_lightning.visualize import highlight_tokens
 
 POSITIVE = ("wonderful", "great", "superb", "delightful", "brilliant", "charming", "excellent", "moving")
 NEGATIVE = ("dreadful", "awful", "boring", "terrible", "clumsy", "tedious", "dull", "disappointing")
@@ -45,7 +46,7 @@ TEMPLATES = (
     "honestly the {noun} is {word}",
     "a {word} {noun} with a {noun2} to match",
 )
-#: Fixed reviews explained after every epoch.
+#: Reviews explained after training.
 PROBES = ("the soundtrack was simply wonderful", "what a tedious story", "honestly the cast is excellent", "i found the ending rather disappointing overall")
 
 
@@ -89,7 +90,7 @@ class PieceTokenizer:
             word_ids[i, : len(row)] = torch.tensor([w for _, w in row])
         return {"input_ids": ids, "attention_mask": (word_ids >= 0).long(), "word_ids": word_ids}
 
-    def tokens(self, ids: Tensor) -> list[str]:
+    def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab[int(i)] for i in ids]
 
 
@@ -139,26 +140,6 @@ def word_scores(tokenizer: PieceTokenizer, encoded: dict[str, Tensor], heat: Ten
     return words, heat[i, first]
 
 
-class LogWordImportance(L.Callback):
-    """After every validation: explain the probe reviews and log their highlighted words to TensorBoard."""
-
-    def __init__(self, tokenizer: PieceTokenizer, probes: Sequence[str]) -> None:
-        self.tokenizer, self.encoded = tokenizer, tokenizer(probes)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        batch = {k: v.to(pl_module.device) for k, v in self.encoded.items()}
-        heat = PAMI(pl_module, Words(), AttentionMask(), progress=False).explain(batch).cpu()
-        for i in range(heat.shape[0]):
-            words, scores = word_scores(self.tokenizer, self.encoded, heat, i)
-            image = highlight_tokens_image(words, scores, vmin=0, vmax=1, width=420)
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(f"pami/words/{i}", image, trainer.current_epoch)
-                    logger.experiment.add_text(f"pami/top_word/{i}", words[int(scores.argmax())], trainer.current_epoch)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[tuple[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fast", action="store_true", help="tiny corpus and one epoch (for CI)")
@@ -180,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[tuple[str, floa
     model = SentimentModel(len(tokenizer.vocab))
     logger = TensorBoardLogger(args.log_dir, name="", default_hp_metric=False)
     trainer = L.Trainer(
-        max_epochs=1 if args.fast else args.max_epochs, logger=logger, callbacks=[LogWordImportance(tokenizer, PROBES)],
+        max_epochs=1 if args.fast else args.max_epochs, logger=logger, callbacks=[PAMICallback(num_samples=4, partition=Words(), masker=AttentionMask(), tokens=tokenizer.tokens, colormap="Reds")],
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=not args.fast, log_every_n_steps=10,
     )
     trainer.fit(model, loader(train, True), loader(val, False))
