@@ -160,8 +160,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[tuple[str, floa
 
     model = SentimentModel(len(tokenizer.vocab))
     logger = TensorBoardLogger(args.log_dir, name="", default_hp_metric=False)
+    # Every epoch: 4 validation reviews explained word by word, logged as highlighted tokens.
+    callback = PAMICallback(num_samples=4, partition=Words(), masker=AttentionMask(), tokens=tokenizer.tokens, colormap="Reds")
     trainer = L.Trainer(
-        max_epochs=1 if args.fast else args.max_epochs, logger=logger, callbacks=[PAMICallback(num_samples=4, partition=Words(), masker=AttentionMask(), tokens=tokenizer.tokens, colormap="Reds")],
+        max_epochs=1 if args.fast else args.max_epochs, logger=logger, callbacks=[callback],
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=not args.fast, log_every_n_steps=10,
     )
     trainer.fit(model, loader(train, True), loader(val, False))
