@@ -21,7 +21,7 @@ from ._modes import eval_mode
 from .maskers import Blur, Masker, as_masker
 from .partitions.base import Partition, Parts, PartsOrFuture
 from .partitions.sliding_window import SlidingWindow
-from .scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, top1
+from .scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, softmax_score, top1
 from .visualize import colorize
 
 __all__ = ["PAMI", "REFERENCE_SHIFTS", "TargetSpec"]
@@ -44,6 +44,7 @@ class _Sums:
     bad: Tensor  # [B], count of non-finite scores
     buffer: Batch  # [batch_size, C, *spatial] (or a dict of [batch_size, L, ...]), masked inputs
     target_cpu: Tensor | None  # user-given targets, checked against the number of outputs
+    looked: bool = False  # whether the outputs were checked for already being probabilities
 
 
 @dataclass
@@ -360,6 +361,9 @@ class PAMI:
         if sums.target_cpu is not None and is_builtin(self.score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
             if self.score_fn is not identity_score or outputs.shape[1] > 1:
                 check_target(sums.target_cpu, outputs.shape[1])
+        if not sums.looked and self.score_fn is softmax_score and isinstance(outputs, Tensor) and outputs.ndim == 2:
+            sums.looked = True  # once per call: one sync
+            _warn_if_probabilities(outputs)
         scores = self.score_fn(outputs, target)
         if not isinstance(scores, Tensor) or scores.shape != (n,):
             got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
@@ -375,6 +379,18 @@ class PAMI:
         for i, (item, *_) in enumerate(chunk):
             sums.heat[item.owner] += _roll(added[i], item.shift, first_dim=0, back=True)
             sums.cover[item.owner] += _roll(added[s + i], item.shift, first_dim=0, back=True)
+
+
+def _warn_if_probabilities(outputs: Tensor) -> None:
+    """Softmax of probabilities squashes every score towards 1/K: a distorted map, no error."""
+    o = outputs.detach().float()
+    if o.shape[1] > 1 and bool((o >= 0).all() & ((o.sum(dim=1) - 1).abs() <= 1e-3).all()):
+        warnings.warn(
+            'the model\'s outputs look like probabilities already (every row is >= 0 and sums to 1), and output="softmax" '
+            'would apply softmax again; pass output="identity" to explain the probabilities as they are',
+            UserWarning,
+            stacklevel=5,  # the caller of explain()
+        )
 
 
 def _copy(x: Batch) -> Batch:

@@ -394,6 +394,18 @@ def test_softmax_of_a_single_output_is_refused():
     assert heat.std() > 0
 
 
+def test_warns_when_softmax_is_asked_of_probabilities(cnn, recwarn):
+    # A model ending in Softmax: softmax again would squash every score towards 1/K.
+    probs = nn.Sequential(cnn, nn.Softmax(dim=1))
+    x = random_images(1, 16)
+    with pytest.warns(UserWarning, match=r'look like probabilities already.*output="identity"'):
+        PAMI(probs, SlidingWindow(4, 8), Constant(0.0)).explain(x)
+    recwarn.clear()
+    PAMI(probs, SlidingWindow(4, 8), Constant(0.0), output="identity").explain(x)
+    PAMI(cnn, SlidingWindow(4, 8), Constant(0.0)).explain(x)
+    assert not [w for w in recwarn if "probabilities" in str(w.message)]
+
+
 # ---------------------------------------------------------------------------- API forms
 
 
