@@ -216,7 +216,6 @@ def test_eval_during_the_call_and_every_submodule_mode_restored():
     model.train()
     model[1].eval()  # e.g. a frozen BatchNorm the user keeps in eval while the rest trains
     before = [m.training for m in model.modules()]
-    running_mean = model[1].running_mean.clone()
     PAMI(model, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(2, 16))
     assert model[2].seen and not any(model[2].seen), "the model must run in eval mode"
     assert [m.training for m in model.modules()] == before
