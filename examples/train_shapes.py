@@ -103,8 +103,8 @@ class ShapeNet(L.LightningModule):
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
-        self.features = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        self.features = nn.Sequential(block(3, 8), block(8, 16), block(16, 32), block(32, 32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -125,31 +125,35 @@ class ShapeNet(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fast", action="store_true", help="small data, 2 epochs (CI)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default 6, 2 with --fast)")
-    parser.add_argument("--log-dir", default="logs", help="TensorBoard log directory (default: logs)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    L.seed_everything(args.seed, verbose=False)
-    n_train, n_val = (512, 128) if args.fast else (2400, 256)
-    epochs = args.max_epochs or (2 if args.fast else 6)
-    train = DataLoader(make_shapes(n_train, seed=args.seed), batch_size=64, shuffle=True)
-    val = DataLoader(make_shapes(n_val, seed=args.seed + 1), batch_size=128)
-    callback = PAMICallback(
+def make_callback() -> PAMICallback:
+    """The demo's callback: 8 samples, windows sized for 64x64 images, object hits only."""
+    return PAMICallback(
         num_samples=8,
-        partition=SlidingWindow(radius=10, stride=4),
+        partition=SlidingWindow(radius=10, stride=6),  # 11 x 11 windows per image
         masker=Blur(kernel_size=15, sigma=5),
         batch_size=256,
         pointing_tolerance=0,  # the map's maximum must lie on the object itself
         on_validate=True,
     )
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fast", action="store_true", help="small data, 2 epochs (CI)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default 4, 2 with --fast)")
+    parser.add_argument("--log-dir", default="logs", help="TensorBoard log directory (default: logs)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    L.seed_everything(args.seed, verbose=False)
+    n_train, n_val = (512, 128) if args.fast else (2000, 256)
+    epochs = args.max_epochs or (2 if args.fast else 4)
+    train = DataLoader(make_shapes(n_train, seed=args.seed), batch_size=64, shuffle=True)
+    val = DataLoader(make_shapes(n_val, seed=args.seed + 1), batch_size=128)
     logger = TensorBoardLogger(args.log_dir, name="train_shapes")
     trainer = L.Trainer(
         max_epochs=epochs,
-        callbacks=[callback],
+        callbacks=[make_callback()],
         logger=logger,
         enable_model_summary=False,
         enable_progress_bar=not args.fast,

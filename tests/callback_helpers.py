@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import struct
+import time
 from typing import Any
 
 import lightning as L
@@ -109,20 +111,33 @@ def read_tensorboard(log_dir: str) -> Any:
     return ea
 
 
-def read_wandb_history(run_dir: str) -> list[dict[str, Any]]:
+def read_wandb_history(run_dir: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The history rows (``wandb.log`` calls) of an offline run, decoded from its ``.wandb`` file.
 
     The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records, each with a
     ``<IHB`` (crc, length, type) header; type 1 is a whole record, 2/3/4 the first/middle/last piece
-    of one split across blocks. Each record is a ``wandb_internal_pb2.Record``.
+    of one split across blocks. Each record is a ``wandb_internal_pb2.Record``. wandb's service may
+    still be writing after ``wandb.finish()`` returns: wait for the run's final ``exit`` record.
     """
-    import json
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, "rb") as f:
+            records = _wandb_records(f.read())
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
 
+
+def _wandb_records(data: bytes) -> list[Any]:
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
-    data = open(path, "rb").read()
-    block, pos, pieces, rows = 32768, 7, b"", []
+    block, pos, pieces, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         left = block - (pos % block)
         if left < 7:  # a block's tail too short for a header is padding
@@ -132,13 +147,13 @@ def read_wandb_history(run_dir: str) -> list[dict[str, Any]]:
         if kind == 0 and length == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         pieces = payload if kind in (1, 2) else pieces + payload
-        if kind not in (1, 4):
-            continue
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(pieces)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
-    return rows
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            records.append(record)
+    return records

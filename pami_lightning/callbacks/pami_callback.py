@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
@@ -30,12 +28,12 @@ from ..explainer import PAMI
 from ..maskers import Masker
 from ..partitions.base import Partition
 from ..scores import top1
-from ..visualize import make_grid, overlay, timeline
 from .drift import DriftHistory
-from .logging import Report, dispatch
+from .logging import dispatch
+from .report import Explained, build_report, table_rows
 from .samples import Sample, default_batch_to_sample, isolated_rng, load_items, pad_to, shard
 from .scoring import MASK_METRICS, METRICS, Scorer
-from .text import TokensFn, is_text, select_rows, spatial_shape, text_batch_to_sample, token_pictures
+from .text import TokensFn, is_text, select_rows, spatial_shape, text_batch_to_sample
 
 MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
@@ -173,7 +171,7 @@ class PAMICallback(Callback):
 
         self.num_samples, self.sample_indices = num_samples, sample_indices
         self.partition, self.masker, self.preprocess, self.output, self.batch_size = partition, masker, preprocess, output, batch_size
-        self.explainer = explainer
+        self.explainer = self._given_explainer = explainer
         self.dataloader_idx, self.target, self.every_n_val_epochs = dataloader_idx, target, every_n_val_epochs
         self.metrics = list(dict.fromkeys(metrics))
         self.pointing_tolerance = pointing_tolerance
@@ -188,7 +186,7 @@ class PAMICallback(Callback):
         self._indices: Optional[list[int]] = None  # dataset indices of the samples, chosen once
         self._batch: Any = None  # their collated batch, on the CPU, before the transfer hooks
         self._scorer: Optional[Scorer] = None
-        self._warned_no_masks = False
+        self._warned_no_masks = self._warned_no_logger = False
 
     @property
     @override
@@ -202,9 +200,8 @@ class PAMICallback(Callback):
                 f"PAMICallback calls the LightningModule directly on each rank, which {type(trainer.strategy).__name__} "
                 "does not allow (every forward is a collective there); use a DDP or single-device strategy"
             )
-        if self._scorer is not None:
-            return
-        if self.explainer is None:
+        # Built per run: a later fit or validate may bring another LightningModule.
+        if self._given_explainer is None:
             self.explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
         self._text = is_text(self.explainer)
         if self._text:
@@ -212,7 +209,8 @@ class PAMICallback(Callback):
         self._scorer = Scorer(
             self.metrics, self.explainer.model, self.explainer.preprocess, self.explainer.output, self.explainer.batch_size, self.pointing_tolerance
         )
-        if not trainer.loggers:
+        if not trainer.loggers and not self._warned_no_logger:
+            self._warned_no_logger = True
             rank_zero_warn(
                 "PAMICallback: the Trainer has no logger, so no images are logged; "
                 f"the scores are still in trainer.callback_metrics under '{self.key_prefix}/...'"
@@ -246,7 +244,7 @@ class PAMICallback(Callback):
 
     # ------------------------------------------------------------------ the work
 
-    def _explain(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> _Explained:
+    def _explain(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Explained:
         """Explain this rank's shard, gather all shards and score them (every rank, same collectives)."""
         assert self.explainer is not None and self._scorer is not None
         sample = self._samples(trainer, pl_module)
@@ -270,17 +268,31 @@ class PAMICallback(Callback):
         if stability is not None:
             scores["stability"] = float(stability.mean())
             per_sample["stability"] = stability
-        return _Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], scores, per_sample)
+        return Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], scores, per_sample)
 
-    def _log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: _Explained) -> None:
+    def _log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: Explained) -> None:
         for name in [*self.metrics, "stability"]:
             if name in result.scores:
                 # Every rank holds the same value; "max" makes Lightning's distributed sync an exact no-op.
                 pl_module.log(f"{self.key_prefix}/{name}", result.scores[name], sync_dist=True, reduce_fx="max")
-        rows = self._rows(trainer, result)
-        if trainer.is_global_zero:
-            dispatch(trainer.loggers, self._report(trainer, result, rows))
         assert self._indices is not None
+        rows = table_rows(self._indices, self._val_count, trainer.current_epoch, result)
+        if trainer.is_global_zero:
+            report = build_report(
+                step=trainer.fit_loop.epoch_loop._batches_that_stepped,  # pl_module.log's step for validation scalars
+                prefix=self.key_prefix,
+                indices=self._indices,
+                result=result,
+                rows=rows,
+                history=self._history,
+                log_images=self.log_images,
+                max_images=self.max_images,
+                alpha=self.alpha,
+                colormap=self.colormap,
+                tokens=self.tokens,
+                text=self._text,
+            )
+            dispatch(trainer.loggers, report)
         self._history.push(self._indices, self._as_history(result.maps), self._val_count, rows)
 
     def _as_history(self, maps: Tensor) -> Tensor:
@@ -336,65 +348,6 @@ class PAMICallback(Callback):
             rank_zero_warn(f"PAMICallback: the samples have no object masks (mask or boxes), so {asked} are skipped")
         return sample.masks
 
-    def _rows(self, trainer: "pl.Trainer", result: _Explained) -> list[dict[str, Any]]:
-        """One row of scalars per sample for the sample x validation table."""
-        assert self._indices is not None
-        labels = result.sample.labels
-        rows = []
-        for i, index in enumerate(self._indices):
-            row = {"sample": index, "validation": self._val_count, "epoch": trainer.current_epoch}
-            row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]), confidence=float(result.confidence[i]))
-            row.update({name: float(values[i]) for name, values in result.per_sample.items()})
-            rows.append(row)
-        return rows
-
-    def _report(self, trainer: "pl.Trainer", result: _Explained, rows: list[dict[str, Any]]) -> Report:
-        """Pictures, captions, arrays and the table of this validation (global rank zero only)."""
-        assert self._indices is not None
-        k = min(self.max_images, len(self._indices))
-        report = Report(
-            step=trainer.fit_loop.epoch_loop._batches_that_stepped,
-            prefix=self.key_prefix,
-            names=[f"sample_{i}" for i in self._indices[:k]],
-            captions=[_caption(row) for row in rows[:k]],
-        )
-        maps = result.maps.cpu()
-        if self.log_images and self._text:
-            report.token_images, report.token_html = token_pictures(result.sample.images, maps, k, self.tokens, self.colormap)
-        elif self.log_images:
-            images = result.sample.images[:k].detach().float().cpu()
-            report.overlays = overlay(images, maps[:k], self.alpha, self.colormap)
-            rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
-            report.grid = make_grid(torch.cat([rgb.clamp(0, 1), report.overlays]), nrow=k)
-            report.timeline = timeline(images, self._history.timeline(self._indices, maps)[:k], self.alpha, self.colormap)
-        labels = result.sample.labels
-        report.arrays = {
-            "maps": maps.numpy(),
-            "indices": np.asarray(self._indices),
-            "labels": np.full(len(self._indices), -1) if labels is None else labels.cpu().numpy(),
-            "predictions": result.preds.cpu().numpy(),
-            "targets": result.targets.cpu().numpy(),
-            "confidence": result.confidence.cpu().numpy(),
-            **{name: values.cpu().numpy() for name, values in result.per_sample.items()},
-        }
-        all_rows = self._history.rows + rows
-        report.table_columns = list(dict.fromkeys(key for row in all_rows for key in row))
-        report.table_rows = [[row.get(c) for c in report.table_columns] for row in all_rows]
-        return report
-
-
-@dataclass
-class _Explained:
-    """One explained validation, gathered: every rank holds all of it."""
-
-    sample: Sample  # all samples, on the device
-    maps: Tensor  # [n, H, W] float32
-    preds: Tensor  # [n] top-1 class of the clean image
-    targets: Tensor  # [n] explained class
-    confidence: Tensor  # [n] score of the explained class on the clean image
-    scores: dict[str, float]  # metric name -> value
-    per_sample: dict[str, Tensor]  # metric name -> [n] per-sample values (NaN: not counted)
-
 
 def _val_loader(loaders: Any, idx: int) -> Any:
     if loaders is None:
@@ -406,17 +359,3 @@ def _val_loader(loaders: Any, idx: int) -> Any:
     if not 0 <= idx < len(loaders):
         raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} validation dataloaders")
     return loaders[idx]
-
-
-def _caption(row: dict[str, Any]) -> str:
-    parts = [f"#{row['sample']}"]
-    if row["label"] is not None:
-        parts.append(f"label {row['label']}")
-    parts.append(f"pred {row['prediction']} (score {row['confidence']:.2f})")
-    if "pointing_game" in row and row["pointing_game"] == row["pointing_game"]:
-        parts.append("hit" if row["pointing_game"] > 0.5 else "miss")
-    if "energy_pointing_game" in row and row["energy_pointing_game"] == row["energy_pointing_game"]:
-        parts.append(f"energy {row['energy_pointing_game']:.2f}")
-    if "stability" in row:
-        parts.append(f"stability {row['stability']:.2f}")
-    return " · ".join(parts)

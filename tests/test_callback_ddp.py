@@ -1,0 +1,55 @@
+"""A 2-process CPU DDP fit logs the same PAMI scores as a 1-process fit (samples sharded unevenly)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
+from lightning.pytorch.loggers import CSVLogger
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
+
+
+def _fit(tmp_path: Any, devices: int, num_samples: int) -> tuple[dict[str, float], str]:
+    L.seed_everything(0, verbose=False)
+    # lr=0 and frozen batch-norm statistics: both runs explain the same model, whatever each rank trains on.
+    model = _pretrained()
+    model.lr, model.net[1].momentum = 0.0, 0.0
+    logger = CSVLogger(tmp_path, name=f"ddp{devices}", version=0)  # the version the ranks wrote to
+    cb = callback(num_samples=num_samples, pointing_tolerance=6, batch_size=16)
+    strategy = "ddp_fork" if devices > 1 else "auto"
+    tr = trainer(tmp_path, [cb], logger=logger, max_epochs=2, devices=devices, strategy=strategy)
+    tr.fit(model, *loaders())
+    return scores(tr), logger.log_dir
+
+
+def _pretrained() -> TinyNet:
+    """A TinyNet trained for a few steps, so its maps have structure (plain torch, well under a second)."""
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y, _ = shapes(128, seed=3).tensors
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("num_samples", [3, 1])  # shards of 2 + 1 samples; 1 + an empty one
+def test_ddp_scores_equal_single_process(tmp_path: Any, num_samples: int) -> None:
+    single, _ = _fit(tmp_path / "single", 1, num_samples)
+    ddp, log_dir = _fit(tmp_path / "ddp", 2, num_samples)
+    assert set(single) == {f"pami/{m}" for m in ("pointing_game", "energy_pointing_game", "insertion", "deletion", "stability")}
+    assert set(ddp) == set(single)
+    for name in single:
+        assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7), name
+    # Rank zero alone wrote the pictures: one folder per validation, one image per sample.
+    folders = sorted(glob.glob(os.path.join(log_dir, "pami", "step_*")))
+    assert len(folders) == 2
+    assert len(glob.glob(os.path.join(folders[-1], "sample_*.png"))) == num_samples
