@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from pami_lightning import PAMI, PAMICallback, SlidingWindow
@@ -166,13 +166,16 @@ def test_never_changes_training(tmp_path: Any) -> None:
 
 
 def test_resume_keeps_counter_and_drift_history(tmp_path: Any) -> None:
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    first = callback(metrics=["pointing_game"])
-    trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(TinyNet(), *loaders())
+    # The callback's scores can be monitored like any validation metric.
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="pami/pointing_game", mode="max", save_top_k=-1, save_last=True)
+    stop = EarlyStopping(monitor="pami/insertion", mode="max", patience=5)
+    first = callback(metrics=["pointing_game", "insertion"])
+    trainer(tmp_path, [first, ckpt, stop], max_epochs=2, enable_checkpointing=True).fit(TinyNet(), *loaders())
+    assert ckpt.best_model_score is not None and stop.best_score.isfinite()
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
     assert saved["val_count"] == 2 and saved["history"]["columns"] == [1, 2]
 
-    resumed = callback(metrics=["pointing_game"])
+    resumed = callback(metrics=["pointing_game", "insertion"])
     tr = trainer(tmp_path, [resumed], max_epochs=3)
     tr.fit(TinyNet(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed._val_count == 3 and resumed._history.columns == [1, 2, 3]

@@ -71,7 +71,8 @@ class PAMICallback(Callback):
             ``partition`` / ``masker`` / ``preprocess`` / ``output`` / ``batch_size``.
         dataloader_idx: which validation dataloader the samples come from (default 0).
         target: explain each sample's ``"label"`` (default) or the model's ``"pred"`` (top-1).
-        every_n_val_epochs: explain every n-th validation run (default 1: all).
+        every_n_val_epochs: explain every n-th validation run (default 1: all). The keys are logged
+            only at explained validations: an ``EarlyStopping`` monitoring them then needs ``strict=False``.
         metrics: scores to log, any of ``"pointing_game"``, ``"energy_pointing_game"`` (need object
             masks), ``"insertion"``, ``"deletion"`` (default: all four).
         pointing_tolerance: pointing game tolerance in pixels (default 15, TorchRay's); 0 means the
