@@ -54,6 +54,11 @@ class PAMICallback(Callback):
       per explained validation) to TensorBoard, W&B (with captions and a sample x validation table)
       or, for other loggers with a ``log_dir`` such as CSVLogger, PNG files and an ``.npz`` of the maps.
 
+    The samples are picked once without any random generator (evenly spaced over the validation
+    dataset, or ``sample_indices``), read from ``trainer.val_dataloaders[dataloader_idx].dataset``,
+    collated with the loader's ``collate_fn`` and passed through the same transfer hooks as
+    validation batches, so each sample's map can be followed from one validation to the next.
+
     It never changes training: the random states, every submodule's train/eval mode and the weights
     are untouched, the model runs under ``inference_mode``, and the sanity check is skipped.
 
@@ -97,9 +102,12 @@ class PAMICallback(Callback):
 
     Raises:
         ValueError: on an invalid argument.
+        MisconfigurationException: with FSDP / DeepSpeed / model-parallel strategies (each rank calls
+            the module on its own shard) or without a validation dataloader.
 
     Example::
 
+        import lightning as L
         from lightning.pytorch.loggers import TensorBoardLogger
         from pami_lightning import PAMICallback, SlidingWindow
 

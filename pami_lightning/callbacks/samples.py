@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..metrics import boxes_to_mask
+
 __all__ = ["Sample", "default_batch_to_sample", "select_indices", "load_items", "shard", "isolated_rng"]
 
 _IMAGE_KEYS = ("image", "images", "input", "inputs")
@@ -114,8 +116,6 @@ def _as_masks(masks: Any, image_shape: torch.Size) -> Optional[Tensor]:
 
 
 def _boxes_to_masks(boxes: Any, n: int, size: tuple[int, int]) -> Tensor:
-    from ..metrics import boxes_to_mask
-
     if len(boxes) != n:
         raise ValueError(f"batch_to_sample: boxes must hold one [N_i, 4] entry per image ({n}); got {len(boxes)}")
     return torch.stack([boxes_to_mask(torch.as_tensor(b).reshape(-1, 4), size) for b in boxes])
