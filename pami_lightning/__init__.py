@@ -1,6 +1,5 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
-from .callbacks import PAMICallback
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
@@ -8,6 +7,15 @@ from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Wor
 from .scores import caption_word_score
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The callback pulls in Lightning (seconds to import): load it only when asked for.
+    if name == "PAMICallback":
+        from .callbacks import PAMICallback
+
+        return PAMICallback
+    raise AttributeError(f"module 'pami_lightning' has no attribute '{name}'")
 
 __all__ = [
     "PAMI",

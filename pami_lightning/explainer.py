@@ -222,6 +222,10 @@ class PAMI:
             return
         if not inputs.is_floating_point():
             raise ValueError(f"inputs must be floating-point images in [0, 1]; got {inputs.dtype} — use images.float() / 255")
+        if self.partition.spatial_dims == 2 and inputs.shape[-1] in (1, 3, 4) and inputs.shape[1] not in (1, 3, 4):
+            raise ValueError(f"inputs look channels-last [B, H, W, C] ({list(inputs.shape)}); PAMI needs [B, C, H, W] — use images.permute(0, 3, 1, 2)")
+        if not bool(torch.isfinite(inputs).all()):
+            raise ValueError("inputs hold NaN or inf values; every masked input would carry them into the model — clean the inputs first")
         # Signals have no pixel space: only images are expected in [0, 1].
         if getattr(self.masker, "pixel_space", False) and self.partition.spatial_dims >= 2 and inputs.numel():
             lo, hi = inputs.min().item(), inputs.max().item()

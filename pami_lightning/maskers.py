@@ -52,7 +52,7 @@ class Blur(Masker):
     Example:
         >>> import torch
         >>> from pami_lightning import Blur
-        >>> Blur(11, 5).substrate(torch.ones(1, 1, 224, 224))[0, 0, 112, 112].item()
+        >>> round(Blur(11, 5).substrate(torch.ones(1, 1, 224, 224))[0, 0, 112, 112].item(), 6)
         1.0
     """
 

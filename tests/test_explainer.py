@@ -440,3 +440,16 @@ def test_progress_bar_runs(cnn, capsys):
     heat = PAMI(cnn, SlidingWindow(4, 4), Constant(0.0), progress=True).explain(random_images(1, 16))
     assert heat.shape == (1, 16, 16)
     assert "PAMI" in capsys.readouterr().err
+
+
+def test_channels_last_images_are_refused(cnn):
+    with pytest.raises(ValueError, match=r"channels-last.*permute\(0, 3, 1, 2\)"):
+        PAMI(cnn, SlidingWindow(8, 8)).explain(torch.rand(2, 32, 32, 3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused(cnn, bad):
+    images = torch.rand(1, 3, 16, 16)
+    images[0, 1, 4, 4] = bad
+    with pytest.raises(ValueError, match="inputs hold NaN or inf"):
+        PAMI(cnn, SlidingWindow(8, 8)).explain(images)

@@ -263,3 +263,19 @@ def test_flags_and_plot(metric):
     fig, ax = metric.plot([metric.compute(), metric.compute()])
     assert fig is not None
     matplotlib.pyplot.close("all")
+
+
+def test_update_after_a_reset_under_inference_mode():
+    # trainer.validate() then fit: states reset in inference mode, updated outside it.
+    metrics = [PointingGame(tolerance=0), EnergyPointingGame()]
+    with torch.inference_mode():
+        for m in metrics:
+            m.reset()
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:4, 2:4] = True
+    heat = torch.zeros(1, 8, 8)
+    heat[0, 3, 3] = 1.0
+    with torch.no_grad():
+        for m in metrics:
+            m.update(heat, mask)
+    assert [m.compute().item() for m in metrics] == [1.0, 1.0]

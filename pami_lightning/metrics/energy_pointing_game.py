@@ -61,8 +61,8 @@ class EnergyPointingGame(Metric):
             masks: bool ``[B, H, W]`` object masks, or a list of ``B`` bool ``[H_i, W_i]`` masks.
         """
         energy, counted = _energy_scores(heatmaps, masks)
-        self.energy_sum += energy.double().sum().to(self.energy_sum.device)
-        self.count += counted.sum().to(self.count.device)
+        self.energy_sum = self.energy_sum + energy.double().sum().to(self.energy_sum.device)
+        self.count = self.count + counted.sum().to(self.count.device)
 
     def compute(self) -> Tensor:
         """Mean energy share over counted samples: float32 scalar; NaN before any counted sample."""

@@ -104,8 +104,8 @@ class _CausalMetric(Metric):
                 f"{self.curve_sum.numel()}; pass n_steps= for curves of one length across image sizes"
             )
         device = self.auc_sum.device
-        self.auc_sum += curve_auc(curves).double().sum().to(device)
-        self.count += curves.shape[0]
+        self.auc_sum = self.auc_sum + curve_auc(curves).double().sum().to(device)
+        self.count = self.count + curves.shape[0]
         self.curve_sum = self.curve_sum + curves.double().sum(dim=0).to(device)
 
     def compute(self) -> Tensor:

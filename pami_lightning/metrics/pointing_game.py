@@ -80,8 +80,8 @@ class PointingGame(Metric):
             labels: ``[B]`` class of each sample; required when ``num_classes`` is set.
         """
         hits, misses = _pointing_game_update(heatmaps, masks, labels, self.num_classes, self.tolerance)
-        self.hits += hits.to(self.hits.device)
-        self.misses += misses.to(self.misses.device)
+        self.hits = self.hits + hits.to(self.hits.device)
+        self.misses = self.misses + misses.to(self.misses.device)
 
     def compute(self) -> Tensor:
         """The hit rate: float32 scalar, or ``[num_classes]`` for ``average="none"``; NaN before any counted sample."""
