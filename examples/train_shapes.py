@@ -19,18 +19,21 @@ Run::
     tensorboard --logdir logs
 
 Flags: ``--fast`` (small data, 2 epochs, for CI), ``--max-epochs N``, ``--log-dir DIR``, ``--seed S``.
+
+``clever_hans.py`` and ``train_shapes_wandb.py`` import its data, model, callback and trainer.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -125,9 +128,9 @@ class ShapeNet(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def make_callback() -> PAMICallback:
-    """The demo's callback: 8 samples, windows sized for 64x64 images, object hits only."""
-    return PAMICallback(
+def make_callback(**overrides: Any) -> PAMICallback:
+    """The demo's callback: 8 samples, windows sized for 64x64 images, object hits only; ``overrides`` change any argument."""
+    options: dict[str, Any] = dict(
         num_samples=8,
         partition=SlidingWindow(radius=10, stride=6),  # 11 x 11 windows per image
         masker=Blur(kernel_size=15, sigma=5),
@@ -135,39 +138,59 @@ def make_callback() -> PAMICallback:
         pointing_tolerance=0,  # the map's maximum must lie on the object itself
         on_validate=True,
     )
+    return PAMICallback(**{**options, **overrides})
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fast", action="store_true", help="small data, 2 epochs (CI)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default 4, 2 with --fast)")
-    parser.add_argument("--log-dir", default="logs", help="TensorBoard log directory (default: logs)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    L.seed_everything(args.seed, verbose=False)
-    n_train, n_val = (512, 128) if args.fast else (2000, 256)
-    epochs = args.max_epochs or (2 if args.fast else 4)
-    train = DataLoader(make_shapes(n_train, seed=args.seed), batch_size=64, shuffle=True)
-    val = DataLoader(make_shapes(n_val, seed=args.seed + 1), batch_size=128)
-    logger = TensorBoardLogger(args.log_dir, name="train_shapes")
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        callbacks=[make_callback()],
+def make_trainer(fast: bool, max_epochs: Optional[int], callbacks: list[Callback], logger: Logger) -> L.Trainer:
+    """The demo's trainer: ``max_epochs`` (default 4, 2 when ``fast``), no checkpoints, a progress bar unless ``fast``."""
+    return L.Trainer(
+        max_epochs=max_epochs or (2 if fast else 4),
+        callbacks=callbacks,
         logger=logger,
         enable_model_summary=False,
-        enable_progress_bar=not args.fast,
+        enable_progress_bar=not fast,
         enable_checkpointing=False,
         log_every_n_steps=10,
     )
+
+
+def training_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every shapes example shares: ``--fast``, ``--max-epochs``, ``--seed``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--fast", action="store_true", help="small data, 2 epochs (CI)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default 4, 2 with --fast)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def train(fast: bool, max_epochs: Optional[int], seed: int, logger: Logger) -> dict[str, float]:
+    """Train the demo (seeded data, model and callback), logging to ``logger``; the final ``callback_metrics``."""
+    L.seed_everything(seed, verbose=False)
+    n_train, n_val = (512, 128) if fast else (2000, 256)
+    train_loader = DataLoader(make_shapes(n_train, seed=seed), batch_size=64, shuffle=True)
+    val_loader = DataLoader(make_shapes(n_val, seed=seed + 1), batch_size=128)
+    trainer = make_trainer(fast, max_epochs, [make_callback()], logger)
     model = ShapeNet()
     # The untrained model's explanations first: the timeline's first column, logged at step 0.
-    trainer.validate(model, val, verbose=False)
-    trainer.fit(model, train, val)
+    trainer.validate(model, val_loader, verbose=False)
+    trainer.fit(model, train_loader, val_loader)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    scores = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+def format_scores(scores: dict[str, float]) -> str:
+    """``"key value, ..."`` sorted by key, without the NaNs of keys never logged."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()) if not math.isnan(v))
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, float]:
+    parser = training_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--log-dir", default="logs", help="TensorBoard log directory (default: logs)")
+    args = parser.parse_args(argv)
+
+    logger = TensorBoardLogger(args.log_dir, name="train_shapes")
+    scores = train(args.fast, args.max_epochs, args.seed, logger)
     print(f"\nLogs: {logger.log_dir}  (tensorboard --logdir {args.log_dir})")
-    print("Final scores: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()) if not math.isnan(v)))
+    print("Final scores: " + format_scores(scores))
     return scores
 
 
