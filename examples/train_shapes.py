@@ -15,7 +15,7 @@ untrained model, at step 0) and after every epoch, and logs to TensorBoard:
 
 Run::
 
-    python examples/train_shapes.py            # about a minute on 2 CPU cores
+    python examples/train_shapes.py            # under a minute on 2 CPU cores
     tensorboard --logdir logs
 
 Flags: ``--fast`` (small data, 2 epochs, for CI), ``--max-epochs N``, ``--log-dir DIR``, ``--seed S``.
