@@ -119,8 +119,10 @@ def read_wandb_history(run_dir: str, timeout: float = 30.0) -> list[dict[str, An
     of one split across blocks. Each record is a ``wandb_internal_pb2.Record``. wandb's service may
     still be writing after ``wandb.finish()`` returns: wait for the run's final ``exit`` record.
     """
-    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
     deadline = time.monotonic() + timeout
+    while not glob.glob(os.path.join(run_dir, "*.wandb")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
     while True:
         with open(path, "rb") as f:
             records = _wandb_records(f.read())

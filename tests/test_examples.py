@@ -55,7 +55,9 @@ def test_clever_hans_maps_point_at_the_watermark(tmp_path: Any) -> None:
 
 def test_train_shapes_wandb_writes_an_offline_run(tmp_path: Any) -> None:
     pytest.importorskip("wandb")
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # offline must be the example's default
+    # Offline must be the example's default; no WANDB_* either (an in-process wandb test leaves
+    # WANDB_SERVICE behind, which would make the example write through this process's service).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "config"), WANDB_CACHE_DIR=str(tmp_path / "cache"))
     out = run_example("train_shapes_wandb", tmp_path, "--save-dir", "logs", env=env)
 
