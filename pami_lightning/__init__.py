@@ -3,7 +3,7 @@
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
-from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter
+from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
 from .scores import caption_word_score
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "Constant",
     "TokenWindows",
     "Words",
+    "word_ids_from_tokens",
     "TokenMask",
     "AttentionMask",
     "caption_word_score",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pami_lightning import PAMI, AttentionMask, Blur, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score
+from pami_lightning import PAMI, AttentionMask, Blur, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score, word_ids_from_tokens
 from pami_lightning.visualize import highlight_tokens, highlight_tokens_image
 
 PAD, MASK, KEY = 0, 1, 7
@@ -248,3 +248,49 @@ def test_token_image_wraps_lines_and_colours_the_important_token():
     assert 0 <= image.min() and image.max() <= 1
     red = (image[0] > 0.3) & (image[1] < 0.1) & (image[2] < 0.1)  # dark red background of token 0
     assert red[: image.shape[1] // 3, :60].any() and not red[:, 100:].any()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        (["the", "great", "film", "!"], [0, 1, 2, 3]),  # plain whitespace tokens: one word each
+        (["[CLS]", "the", "gr", "##eat", "##ly", "film", "[SEP]", "[PAD]"], [-1, 0, 1, 1, 1, 2, -1, -1]),  # WordPiece
+        (["<s>", "▁the", "▁gr", "eat", "ly", "▁film", "</s>", "<pad>"], [-1, 0, 1, 1, 1, 2, -1, -1]),  # SentencePiece
+        (["<s>", "the", "Ġgr", "eat", "Ġfilm", "!", "</s>"], [-1, 0, 1, 1, 2, 2, -1]),  # byte-level BPE, first word unmarked
+        (["▁", "(", "▁hi", "[MASK]", "s", "<|endoftext|>"], [0, 0, 1, -1, 2, -1]),  # a special token ends the word
+        (["[CLS]", "##eat", "[SEP]"], [-1, 0, -1]),  # a continuation with no word before starts one
+        ([], []),
+    ],
+)
+def test_word_ids_from_tokens_follow_each_convention(tokens, expected):
+    assert word_ids_from_tokens(tokens) == expected
+
+
+def test_word_ids_from_tokens_take_custom_special_tokens():
+    assert word_ids_from_tokens(["<bos>", "a", "b", "<eos>"], special={"<bos>", "<eos>"}) == [-1, 0, 1, -1]
+    assert word_ids_from_tokens(["<s>", "a"], special=()) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["[CLS]", "the", "gr", "##eat", "film", "[SEP]", "[PAD]"],
+        ["<s>", "▁the", "▁gr", "eat", "▁film", "</s>", "<pad>"],
+        ["<s>", "the", "Ġgr", "eat", "Ġfilm", "</s>", "<pad>"],
+    ],
+)
+def test_both_pieces_of_the_word_the_model_reacts_to_share_the_top_score(tokens):
+    # The model reacts only to the second piece of "great" (id KEY); Words must light up both pieces.
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens), start=10)}
+    vocab[tokens[3]] = KEY
+    ids = torch.tensor([[vocab[t] for t in tokens]])
+    x = {"input_ids": ids, "attention_mask": (ids != vocab[tokens[-1]]).long(), "word_ids": torch.tensor([word_ids_from_tokens(tokens)])}
+    heat = PAMI(key_token_model, Words(), AttentionMask(), batch_size=2).explain(x, target=0)[0]
+    assert heat[2] == heat[3] and heat[3] > heat[[1, 4]].max() + 0.5
+    assert heat[[0, 5, 6]].eq(0).all()
+
+
+@pytest.mark.parametrize(("tokens", "match"), [("the great film", "got one str"), ([101, 2003], r"got int 101.*convert_ids_to_tokens")])
+def test_word_ids_from_tokens_reject_what_is_not_token_strings(tokens, match):
+    with pytest.raises(TypeError, match=match):
+        word_ids_from_tokens(tokens)

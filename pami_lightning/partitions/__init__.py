@@ -3,7 +3,7 @@
 from .base import LabelParts, Partition, Parts
 from .sliding_window import SlidingWindow
 from .superpixels import SEGMENTERS, Superpixels, register_segmenter
-from .tokens import TokenPartition, TokenWindows, Words
+from .tokens import TokenPartition, TokenWindows, Words, word_ids_from_tokens
 
 __all__ = ["Partition", "Parts", "LabelParts", "SlidingWindow", "Superpixels", "SEGMENTERS", "register_segmenter",
-           "TokenPartition", "TokenWindows", "Words"]
+           "TokenPartition", "TokenWindows", "Words", "word_ids_from_tokens"]

@@ -10,7 +10,7 @@ importance is 0, so a sequence packed with longer ones gets the same map as alon
 from __future__ import annotations
 
 from concurrent.futures import Executor, Future
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -18,7 +18,13 @@ from torch import Tensor
 from .._inputs import IDS_KEY, Batch, main_tensor
 from .base import LabelParts, Partition, Parts
 
-__all__ = ["TokenPartition", "TokenWindows", "Words"]
+__all__ = ["TokenPartition", "TokenWindows", "Words", "word_ids_from_tokens"]
+
+#: Token strings in no word by default: the special tokens of BERT, RoBERTa / SentencePiece, XLNet and GPT-2.
+_SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "<s>", "</s>", "<pad>", "<mask>", "<cls>", "<sep>", "<|endoftext|>"})
+
+#: Prefixes that start a word: SentencePiece's "▁" and byte-level BPE's "Ġ" (an encoded leading space).
+_WORD_START = ("▁", "Ġ")
 
 
 class TokenPartition(Partition):
@@ -174,7 +180,8 @@ class Words(TokenPartition):
     Word boundaries come from, in order:
 
     1. ``word_ids`` in a dict input: ``[B, L]`` ints, the word of each token, negative for tokens in
-       no word (a Hugging Face encoding's ``[enc.word_ids(b) for b ...]`` with ``None`` as ``-1``);
+       no word (a Hugging Face encoding's ``[enc.word_ids(b) for b ...]`` with ``None`` as ``-1``, or
+       :func:`word_ids_from_tokens` of each row's token strings when there is no tokenizer library);
     2. ``offset_mapping`` in a dict input (``tokenizer(..., return_offsets_mapping=True)``): a token
        that starts where the previous one ends continues its word, so words are split at whitespace;
     3. otherwise ``separator_ids``: words are runs of tokens between separators (e.g. the space of a
@@ -247,3 +254,58 @@ class Words(TokenPartition):
 
     def __repr__(self) -> str:
         return f"Words(separator_ids={list(self.separator_ids)})" if self.separator_ids else "Words()"
+
+
+def word_ids_from_tokens(tokens: Sequence[str], *, special: Collection[str] = _SPECIAL_TOKENS) -> list[int]:
+    """The word of each token string, ``0..K-1`` in order, ``-1`` for special tokens: ``Words``' ``word_ids``.
+
+    Sub-word pieces are grouped by the usual conventions, read from the strings alone:
+
+    - if any token starts with ``▁`` (SentencePiece) or ``Ġ`` (byte-level BPE, e.g. GPT-2 / RoBERTa),
+      those tokens start words and every other token continues the word before it;
+    - otherwise a token starting with ``##`` (WordPiece) continues the word before it and every other
+      token is a word of its own (so plain whitespace-split tokens are one word each).
+
+    Tokens in ``special`` are in no word and end the word before them. A byte-level BPE sequence with
+    no ``Ġ`` at all (one word without a leading space) reads as plain tokens, one word each.
+
+    Args:
+        tokens: the token strings of one sequence, padding included, e.g. ``tokenizer.convert_ids_to_tokens(ids)``.
+        special: token strings in no word (default: ``[CLS]``, ``[SEP]``, ``[PAD]``, ``[MASK]``, ``<s>``,
+            ``</s>``, ``<pad>``, ``<mask>``, ``<cls>``, ``<sep>``, ``<|endoftext|>``).
+
+    Returns:
+        One int per token; ``torch.tensor([word_ids_from_tokens(t) for t in rows])`` is the ``word_ids``
+        of a dict input whose rows of token strings have equal lengths.
+
+    Example:
+        >>> import torch
+        >>> from pami_lightning import Words, word_ids_from_tokens
+        >>> word_ids_from_tokens(["[CLS]", "the", "gr", "##eat", "film", "[SEP]", "[PAD]"])
+        [-1, 0, 1, 1, 2, -1, -1]
+        >>> word_ids_from_tokens(["<s>", "▁the", "▁gr", "eat", "▁film", "</s>"])
+        [-1, 0, 1, 1, 2, -1]
+        >>> x = {"input_ids": torch.tensor([11, 12, 13]), "word_ids": torch.tensor(word_ids_from_tokens(["gr", "##eat", "film"]))}
+        >>> Words().masks(x).int().tolist()
+        [[1, 1, 0], [0, 0, 1]]
+    """
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be the token strings of one sequence, e.g. text.split(); got one str")
+    bad = next((t for t in tokens if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"tokens must be strings; got {type(bad).__name__} {bad!r} — map ids to strings first, "
+                        "e.g. tokenizer.convert_ids_to_tokens(ids)")
+    marked = any(t.startswith(_WORD_START) for t in tokens if t not in special)
+    word_ids: list[int] = []
+    word, in_word = -1, False
+    for token in tokens:
+        if token in special:
+            word_ids.append(-1)
+            in_word = False
+            continue
+        continues = not token.startswith(_WORD_START) if marked else token.startswith("##")
+        if not (in_word and continues):
+            word += 1
+        word_ids.append(word)
+        in_word = True
+    return word_ids
