@@ -316,3 +316,24 @@ trainer:
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, PAMICallback)]
     assert cb.num_samples == 2 and cb.partition.radius == 8 and cb.partition.stride == 4 and cb.key_prefix == "explain"
     assert {"explain/pointing_game", "explain/insertion"} == set(scores(cli.trainer, "explain"))
+
+
+def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None:
+    # Normalize(inplace=True)-style preprocessing: the clean prediction must not normalise the
+    # samples before they are explained and scored.
+    def in_place(x: torch.Tensor) -> torch.Tensor:
+        return x.sub_(0.5).mul_(4)
+
+    def out_of_place(x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) * 4
+
+    metrics = ["pointing_game", "insertion"]
+    a = callback(preprocess=in_place, on_validate=True, metrics=metrics)
+    b = callback(preprocess=out_of_place, on_validate=True, metrics=metrics, key_prefix="out")
+    torch.manual_seed(0)
+    tr = trainer(tmp_path, [a, b])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="inputs range")  # samples pushed outside [0, 1]
+        tr.validate(TinyNet(), loaders()[1], verbose=False)
+    assert torch.equal(a._history.last_maps, b._history.last_maps)
+    assert list(scores(tr).values()) == list(scores(tr, "out").values())

@@ -22,9 +22,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from .._inputs import batch_len, call, main_tensor, take
+from .._inputs import batch_len, main_tensor, take
 from .._modes import eval_mode
-from ..explainer import PAMI
+from ..explainer import PAMI, _copy
 from ..maskers import Masker
 from ..partitions.base import Partition
 from ..scores import top1
@@ -332,8 +332,10 @@ class PAMICallback(Callback):
             empty = torch.zeros(0, dtype=torch.long, device=main_tensor(images).device)
             return empty, empty.float(), empty
         with torch.inference_mode(), eval_mode(explainer.model):
+            # The engine's forward (preprocess, autocast) on copies: an in-place preprocess or model
+            # would otherwise rewrite the samples before they are explained and scored.
             chunks = [take(images, i, i + explainer.batch_size) for i in range(0, n, explainer.batch_size)]
-            outputs = torch.cat([call(explainer.model, explainer.preprocess(x) if explainer.preprocess else x) for x in chunks])
+            outputs = torch.cat([explainer._forward(_copy(x)) for x in chunks])
             preds = top1(outputs)
             targets = labels.to(preds.device) if self.target == "label" and labels is not None else preds
             confidence = explainer.score_fn(outputs, targets).float()
