@@ -184,3 +184,12 @@ def test_consecutive_labels_keeps_every_label_as_one_part():
     narrow[:10], narrow[10:], narrow[0, 0] = -100, 100, 5
     out = consecutive_labels(narrow)
     assert out.shape == (20, 20) and out[0, 0] == 1 and np.all(out[1:10] == 0) and np.all(out[10:] == 2)
+
+
+def test_window_cache_follows_changed_attributes():
+    # The windows are cached per input size; a partition re-sized in place must not reuse them.
+    sw = SlidingWindow(radius=8, stride=4)
+    x = torch.rand(3, 32, 32)
+    sw.masks(x)
+    sw.radius, sw.stride, sw.shape = 3, 8, "square"
+    assert torch.equal(sw.masks(x), SlidingWindow(radius=3, stride=8, shape="square").masks(x))

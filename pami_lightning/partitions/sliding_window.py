@@ -95,10 +95,13 @@ class SlidingWindow(Partition):
         executor: Executor | None = None,
     ) -> list[Parts]:
         device = torch.device(device) if device is not None else x.device
-        key = (tuple(x.shape[1:]), device)
-        if key not in self._cache:
-            self._cache = {key: WindowParts(key[0], self.radius, self.stride, self.shape, device)}
-        return [self._cache[key]]
+        # The window attributes are in the key: they are public and may be changed between calls.
+        key = (tuple(x.shape[1:]), device, self.radius, self.stride, self.shape)
+        parts = self._cache.get(key)
+        if parts is None:
+            parts = WindowParts(key[0], self.radius, self.stride, self.shape, device)
+            self._cache = {key: parts}
+        return [parts]
 
     def num_parts(self, spatial: Sequence[int]) -> int:
         """Number of windows (forward passes per input) for inputs of this spatial size."""
