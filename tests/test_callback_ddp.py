@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
 
 
-def _fit(tmp_path: Any, devices: int, num_samples: int) -> tuple[dict[str, float], str]:
+def _fit(tmp_path: Any, devices: int, num_samples: int, val: Any = None) -> tuple[dict[str, float], str]:
     L.seed_everything(0, verbose=False)
     # lr=0 and frozen batch-norm statistics: both runs explain the same model, whatever each rank trains on.
     model = _pretrained()
@@ -25,7 +25,8 @@ def _fit(tmp_path: Any, devices: int, num_samples: int) -> tuple[dict[str, float
     cb = callback(num_samples=num_samples, pointing_tolerance=6, batch_size=16)
     strategy = "ddp_fork" if devices > 1 else "auto"
     tr = trainer(tmp_path, [cb], logger=logger, max_epochs=2, devices=devices, strategy=strategy)
-    tr.fit(model, *loaders())
+    train, default_val = loaders()
+    tr.fit(model, train, val if val is not None else default_val)
     return scores(tr), logger.log_dir
 
 
@@ -53,3 +54,22 @@ def test_ddp_scores_equal_single_process(tmp_path: Any, num_samples: int) -> Non
     folders = sorted(glob.glob(os.path.join(log_dir, "pami", "step_*")))
     assert len(folders) == 2
     assert len(glob.glob(os.path.join(folders[-1], "sample_*.png"))) == num_samples
+
+
+class _RankStream(torch.utils.data.IterableDataset):
+    """A streaming validation set sharded by rank (as WebDataset or split_dataset_by_node do)."""
+
+    def __iter__(self) -> Any:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        yield from shapes(8, seed=1 + rank)
+
+
+def test_ddp_iterable_dataset_explains_rank_zeros_samples(tmp_path: Any) -> None:
+    # Each rank reads other items from a sharded stream: all ranks must explain the same samples,
+    # or maps of one rank's images are scored against another rank's masks.
+    val = torch.utils.data.DataLoader(_RankStream(), batch_size=8)
+    single, _ = _fit(tmp_path / "single", 1, 3, val)
+    ddp, _ = _fit(tmp_path / "ddp", 2, 3, val)
+    assert set(ddp) == set(single)
+    for name in single:
+        assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7), name

@@ -56,8 +56,9 @@ class PAMICallback(Callback):
 
     The samples are picked once without any random generator (evenly spaced over the validation
     dataset, or ``sample_indices``), read from ``trainer.val_dataloaders[dataloader_idx].dataset``,
-    collated with the loader's ``collate_fn`` and passed through the same transfer hooks as
-    validation batches, so each sample's map can be followed from one validation to the next.
+    collated with the loader's ``collate_fn`` (under DDP, global rank zero's samples are broadcast to
+    every rank) and passed through the same transfer hooks as validation batches, so each sample's
+    map can be followed from one validation to the next.
 
     It never changes training: the random states, every submodule's train/eval mode and the weights
     are untouched, the model runs under ``inference_mode``, and the sanity check is skipped.
@@ -312,7 +313,9 @@ class PAMICallback(Callback):
         """The samples on the device, through the same transfer path as validation batches."""
         if self._batch is None:
             loader = _val_loader(trainer.val_dataloaders, self.dataloader_idx)
-            self._indices, self._batch = load_items(loader, self.num_samples, self.sample_indices)
+            # Rank zero's samples for every rank: a stream sharded by rank, or augmentations drawing
+            # from per-rank random states, would give each rank other items under the same indices.
+            self._indices, self._batch = trainer.strategy.broadcast(load_items(loader, self.num_samples, self.sample_indices), src=0)
         # A copy: users' transfer hooks may edit the batch in place.
         batch = trainer.precision_plugin.convert_input(copy.deepcopy(self._batch))
         batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
