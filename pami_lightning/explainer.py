@@ -21,7 +21,7 @@ from ._modes import eval_mode
 from .maskers import Blur, Masker, as_masker
 from .partitions.base import Partition, Parts, PartsOrFuture
 from .partitions.sliding_window import SlidingWindow
-from .scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, softmax_score, top1
+from .scores import OutputSpec, as_target, check_scores, check_target, resolve_output, softmax_score, top1
 from .visualize import colorize
 
 __all__ = ["PAMI", "REFERENCE_SHIFTS", "TargetSpec"]
@@ -244,20 +244,7 @@ class PAMI:
             # caller's inputs, and with them every masked input built afterwards.
             found = [top1(self._forward(_copy(take(inputs, i, i + self.batch_size)))) for i in range(0, n, self.batch_size)]
             return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
-        if isinstance(target, Tensor):
-            t = target.detach()
-        elif isinstance(target, numbers.Integral):  # int, numpy integers
-            t = torch.tensor(int(target))
-        else:
-            t = torch.as_tensor(list(target))
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise ValueError(f"target must hold integer class indices; got {t.dtype}")
-        t = t.to(torch.long)
-        if t.ndim == 0:
-            t = t.expand(n)
-        if t.shape != (n,):
-            raise ValueError(f"target must be an int or hold one class per input ([{n}]); got shape {list(t.shape)}")
-        return t.to(device)
+        return as_target(target, n, device)
 
     # ------------------------------------------------------------------ the engine
 
@@ -362,16 +349,13 @@ class PAMI:
         rows = torch.repeat_interleave(torch.tensor([[i, item.owner] for i, (item, *_) in enumerate(chunk)]), torch.tensor(counts), dim=0)
         segment, owner = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)).unbind(1)
         target = torch.stack([item.target for item, *_ in chunk])[segment]
-        if sums.target_cpu is not None and is_builtin(self.score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
-            if self.score_fn is not identity_score or outputs.shape[1] > 1:
-                check_target(sums.target_cpu, outputs.shape[1])
+        if sums.target_cpu is not None:
+            check_target(self.score_fn, outputs, sums.target_cpu)
         if not sums.looked and self.score_fn is softmax_score and isinstance(outputs, Tensor) and outputs.ndim == 2:
             sums.looked = True  # once per call: one sync
             _warn_if_probabilities(outputs)
         scores = self.score_fn(outputs, target)
-        if not isinstance(scores, Tensor) or scores.shape != (n,):
-            got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"the score function must return one score per masked input ([{n}]); got {got}")
+        check_scores(scores, n, "masked input")
         sums.bad.index_add_(0, owner, (~torch.isfinite(scores)).long())
         # Rows 0..S-1: sum of s_j m_j per segment; rows S..2S-1: the coverage count of the segment.
         s, dtype = len(chunk), sums.heat.dtype

@@ -19,7 +19,8 @@ Recipes (any task whose outputs give one number per masked input):
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+import numbers
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -50,11 +51,41 @@ def _class_outputs(outputs: Tensor, target: Tensor, kind: str) -> Tensor:
     return outputs
 
 
-def check_target(target: Tensor, num_classes: int) -> None:
-    """Raise when a target class does not exist among ``num_classes`` outputs (CPU tensor, no sync)."""
+def as_target(target: int | Sequence[int] | Tensor, n: int, device: torch.device, noun: str = "input") -> Tensor:
+    """Given classes as a ``[n]`` long tensor on ``device``: one int for all ``n`` inputs, or a list / ``[n]`` tensor."""
+    if isinstance(target, Tensor):
+        t = target.detach()
+    elif isinstance(target, numbers.Integral):  # int, numpy integers
+        t = torch.tensor(int(target))
+    else:
+        t = torch.as_tensor(target)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices; got {t.dtype}")
+    t = t.long()
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"target must be an int or hold one class per {noun} ([{n}]); got shape {list(t.shape)}")
+    return t.to(device)
+
+
+def check_target(score_fn: ScoreFn, outputs: object, target: Tensor) -> None:
+    """Raise when a given target (a CPU tensor: no sync) is no class of the outputs ``[N, K]`` a built-in score indexes."""
+    if score_fn not in (softmax_score, sigmoid_score, identity_score) or not isinstance(outputs, Tensor) or outputs.ndim != 2:
+        return
+    num_classes = outputs.shape[1]
+    if score_fn is identity_score and num_classes == 1:
+        return  # a single value: identity ignores the target
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         bad = target[(target < 0) | (target >= num_classes)][0].item()
         raise ValueError(f"target {bad} is out of range for a model with {num_classes} outputs; targets must lie in [0, {num_classes - 1}]")
+
+
+def check_scores(scores: object, n: int, noun: str) -> None:
+    """Raise unless a score function returned one score per masked input, ``[n]``."""
+    if not isinstance(scores, Tensor) or scores.shape != (n,):
+        got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"the score function must return one score per {noun} ([{n}]); got {got}")
 
 
 def softmax_score(outputs: Tensor, target: Tensor) -> Tensor:
@@ -132,11 +163,6 @@ def resolve_output(output: OutputSpec) -> ScoreFn:
     if callable(output):
         return output
     raise TypeError(f"output must be a string or a callable(outputs, target) -> [N]; got {type(output).__name__}")
-
-
-def is_builtin(fn: ScoreFn) -> bool:
-    """Whether ``fn`` indexes outputs by class, so targets must be checked against ``K``."""
-    return fn in (softmax_score, sigmoid_score) or fn is identity_score
 
 
 def top1(outputs: Tensor) -> Tensor:

@@ -453,3 +453,17 @@ def test_non_finite_inputs_are_refused(cnn, bad):
     images[0, 1, 4, 4] = bad
     with pytest.raises(ValueError, match="inputs hold NaN or inf"):
         PAMI(cnn, SlidingWindow(8, 8)).explain(images)
+
+
+def test_targets_of_every_form_agree_with_the_insertion_metric():
+    # One normaliser serves PAMI and the causal metrics: ints, numpy scalars and 0-d arrays, lists, tensors.
+    from pami_lightning.metrics.functional import insertion_curves
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x = torch.rand(2, 3, 8, 8)
+    explainer = PAMI(model, SlidingWindow(radius=2, stride=4), Constant(0.0))
+    want = explainer.explain(x, target=torch.tensor([2, 2]))
+    curves = insertion_curves(model, x, want, target=torch.tensor([2, 2]), step=16)
+    for target in (2, np.int64(2), np.array(2), [2, 2], (2, np.int64(2)), np.array([2, 2])):
+        assert torch.equal(explainer.explain(x, target=target), want)
+        assert torch.equal(insertion_curves(model, x, want, target=target, step=16), curves)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._modes import eval_mode
 from ..maskers import Masker
-from ..scores import OutputSpec, check_target, identity_score, is_builtin, resolve_output, top1
+from ..scores import OutputSpec, as_target, check_scores, check_target, resolve_output, top1
 from ._utils import check_heatmaps, resize_maps
 
 __all__ = ["TargetLike", "causal_curves"]
@@ -25,18 +25,6 @@ def _thresholds(hw: int, step: int, n_steps: int | None) -> Tensor:
         n = -(-hw // step)
         return (torch.arange(n + 1) * step).clamp(max=hw)
     return (torch.arange(n_steps + 1) * hw + n_steps - 1) // n_steps  # ceil(i * HW / n_steps)
-
-
-def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor | None:
-    if target is None:
-        return None
-    t = target.detach() if isinstance(target, Tensor) else torch.as_tensor(target)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices; got {t.dtype}")
-    t = t.long().expand(n) if t.ndim == 0 else t.long()
-    if t.shape != (n,):
-        raise ValueError(f"target must be an int or hold one class per image ([{n}]); got shape {list(t.shape)}")
-    return t.to(device)
 
 
 def causal_curves(
@@ -61,7 +49,7 @@ def causal_curves(
     if heatmaps.shape[0] != b:
         raise ValueError(f"images and heatmaps must hold the same number of samples; got {b} and {heatmaps.shape[0]}")
     score_fn = resolve_output(output)
-    given = _targets(target, b, images.device)
+    given = None if target is None else as_target(target, b, images.device, noun="image")
     thresholds = _thresholds(h * w, step, n_steps).to(images.device)
     points = thresholds.numel()
     maps = resize_maps(heatmaps.to(images.device), (h, w)).reshape(b, -1)
@@ -102,13 +90,10 @@ def causal_curves(
                 out.bitwise_xor_(start_bits[i])
                 k = end
             outputs = forward(buffer[: hi - lo])
-            if lo == 0 and given is not None and is_builtin(score_fn) and isinstance(outputs, Tensor) and outputs.ndim == 2:
-                if score_fn is not identity_score or outputs.shape[1] > 1:
-                    check_target(given.cpu(), outputs.shape[1])
+            if lo == 0 and given is not None:
+                check_target(score_fn, outputs, given.cpu())
             scores = score_fn(outputs, targets[lo:hi])
-            if not isinstance(scores, Tensor) or scores.shape != (hi - lo,):
-                got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-                raise ValueError(f"the score function must return one score per image ([{hi - lo}]); got {got}")
+            check_scores(scores, hi - lo, "image")
             curves[lo:hi] = scores
     # A clone made outside inference mode is an ordinary tensor (usable in metric states).
     curves = curves.view(b, points).clone()
