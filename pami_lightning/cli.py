@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     from PIL import Image
 
     from . import PAMI, Blur, Constant, SlidingWindow, Superpixels
-    from .visualize import overlay
+    from .visualize import overlay, to_uint8
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -326,8 +326,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     seconds = time.perf_counter() - start
 
     npy = args.out.with_suffix(".npy")
-    picture = overlay(image, heat.cpu(), alpha=args.alpha, cmap=args.cmap)[0]
-    pixels = picture.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = to_uint8(overlay(image, heat.cpu(), alpha=args.alpha, cmap=args.cmap)[0])
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(args.out)
