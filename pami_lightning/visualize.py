@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize", "colorize", "overlay", "make_grid", "timeline", "to_uint8", "highlight_tokens", "highlight_tokens_image"]
+__all__ = ["normalize", "to_rgb", "colorize", "overlay", "make_grid", "timeline", "to_uint8", "highlight_tokens", "highlight_tokens_image"]
 
 
 def normalize(maps: Tensor) -> Tensor:
@@ -19,6 +19,12 @@ def normalize(maps: Tensor) -> Tensor:
     span = flat.max(dim=1, keepdim=True).values - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(flat))
     return out.reshape(maps.shape)
+
+
+def to_rgb(images: Tensor) -> Tensor:
+    """Images ``[B, C, H, W]`` (1 channel: grey; more: the first 3) as float RGB ``[B, 3, H, W]`` in ``[0, 1]`` on the CPU."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
 def colorize(maps: Tensor, cmap: str = "viridis") -> Tensor:
@@ -51,13 +57,11 @@ def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet")
         raise ValueError(f"images must be [B, C, H, W]; got {list(images.shape)}")
     if maps.ndim != 3 or maps.shape[0] != images.shape[0]:
         raise ValueError(f"maps must be [B, h, w] with B={images.shape[0]}; got {list(maps.shape)}")
-    images = images.detach().float().cpu().clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
+    images = to_rgb(images)
     maps = maps.detach().float().cpu()
     if maps.shape[-2:] != images.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return ((1 - alpha) * images[:, :3] + alpha * colorize(maps, cmap)).clamp(0, 1)
+    return ((1 - alpha) * images + alpha * colorize(maps, cmap)).clamp(0, 1)
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
@@ -102,10 +106,9 @@ def timeline(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet"
     if maps.ndim != 4 or images.ndim != 4 or maps.shape[0] != images.shape[0]:
         raise ValueError(f"images must be [N, C, H, W] and maps [N, T, h, w] with the same N; got {list(images.shape)}, {list(maps.shape)}")
     n, t, h, w = maps.shape
-    thumbs = images.detach().float().cpu()
+    thumbs = to_rgb(images)
     if thumbs.shape[-2:] != (h, w):
         thumbs = torch.nn.functional.interpolate(thumbs, size=(h, w), mode="area")
-    thumbs = thumbs.clamp(0, 1).expand(-1, 3, -1, -1) if thumbs.shape[1] == 1 else thumbs[:, :3].clamp(0, 1)
     tiles = [thumbs] + [overlay(thumbs, maps[:, k], alpha, cmap) for k in range(t)]
     return make_grid(torch.stack(tiles, dim=1).reshape(n * (t + 1), 3, h, w), nrow=t + 1, padding=padding)
 

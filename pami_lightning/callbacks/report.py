@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..visualize import make_grid, overlay, timeline
+from ..visualize import make_grid, overlay, timeline, to_rgb
 from .drift import DriftHistory
 from .logging import Report
 from .samples import Sample
@@ -81,8 +81,7 @@ def build_report(
     elif log_images:
         images = result.sample.images[:k].detach().float().cpu()
         report.overlays = overlay(images, maps[:k], alpha, colormap)
-        rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
-        report.grid = make_grid(torch.cat([rgb.clamp(0, 1), report.overlays]), nrow=k)
+        report.grid = make_grid(torch.cat([to_rgb(images), report.overlays]), nrow=k)
         report.timeline = timeline(images, history.timeline(indices, maps)[:k], alpha, colormap)
     labels = result.sample.labels
     report.arrays = {
