@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ._inputs import Batch, allocate, batch_len, blend, call, index, main_tensor, take, to_batch
-from ._modes import eval_mode
+from ._modes import eval_mode, grad_free
 from .maskers import Blur, Masker, as_masker
 from .partitions.base import Partition, Parts, PartsOrFuture
 from .partitions.sliding_window import SlidingWindow
@@ -193,7 +193,7 @@ class PAMI:
             on the inputs' device (and the targets if asked).
         """
         self._check_inputs(inputs)
-        with torch.inference_mode(), eval_mode(self.model):
+        with grad_free(), eval_mode(self.model):
             targets = self._targets(inputs, target)
             given = targets.cpu() if target is not None else None
             heat = self._aggregate(inputs, targets, given, guides=None)

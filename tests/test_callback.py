@@ -337,3 +337,27 @@ def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None
         tr.validate(TinyNet(), loaders()[1], verbose=False)
     assert torch.equal(a._history.last_maps, b._history.last_maps)
     assert list(scores(tr).values()) == list(scores(tr, "out").values())
+
+
+class _BatchCache(TinyNet):
+    """Keeps one tensor built for the last batch size seen (as RNN initial states or mask caches do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(1))
+        self._cache: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cache is None or self._cache.shape[0] != x.shape[0]:
+            self._cache = torch.ones(x.shape[0], 1)
+        return self.net(x) * (self.gain * self._cache)
+
+
+def test_fit_validation_hands_no_inference_tensors_to_training(tmp_path: Any) -> None:
+    # Lightning validates under no_grad during fit so that tensors a model caches there can be used in
+    # training; the callback's forward passes (batches of 16, as training's) must not change that.
+    train = DataLoader(shapes(32, seed=0), batch_size=16)
+    val = DataLoader(shapes(24, seed=1), batch_size=24)
+    cb = callback(metrics=["pointing_game"], batch_size=16)
+    trainer(tmp_path, [cb], max_epochs=2).fit(_BatchCache(), train, val)
+    assert cb._val_count == 2

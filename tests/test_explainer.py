@@ -467,3 +467,23 @@ def test_targets_of_every_form_agree_with_the_insertion_metric():
     for target in (2, np.int64(2), np.array(2), [2, 2], (2, np.int64(2)), np.array([2, 2])):
         assert torch.equal(explainer.explain(x, target=target), want)
         assert torch.equal(insertion_curves(model, x, want, target=target, step=16), curves)
+
+
+def test_inference_mode_unless_the_callback_keeps_its_trainers_no_grad():
+    from pami_lightning._modes import keep_no_grad
+
+    seen = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return x.flatten(1)[:, :4]
+
+    explainer = PAMI(model, SlidingWindow(radius=2, stride=4), Constant(0.0))
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        explainer.explain(x)
+    assert seen and all(s == (False, True) for s in seen)
+    seen.clear()
+    with torch.no_grad(), keep_no_grad():  # PAMICallback inside fit's validation
+        explainer.explain(x)
+    assert seen and all(s == (False, False) for s in seen)

@@ -23,7 +23,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from .._inputs import batch_len, main_tensor, take
-from .._modes import eval_mode
+from .._modes import eval_mode, grad_free, keep_no_grad
 from ..explainer import PAMI, _copy
 from ..maskers import Masker
 from ..partitions.base import Partition
@@ -61,7 +61,8 @@ class PAMICallback(Callback):
     map can be followed from one validation to the next.
 
     It never changes training: the random states, every submodule's train/eval mode and the weights
-    are untouched, the model runs under ``inference_mode``, and the sanity check is skipped.
+    are untouched, the model runs without autograd (under the trainer's ``no_grad`` inside ``fit``,
+    as validation steps do), and the sanity check is skipped.
 
     Args:
         num_samples: how many validation samples to explain, evenly spaced over the validation
@@ -236,11 +237,10 @@ class PAMICallback(Callback):
                 return
         elif not (trainer.state.fn == TrainerFn.VALIDATING and self.on_validate):
             return
-        with isolated_rng(pl_module.device):
-            # States made here stay inference tensors; trainer.validate() runs in inference mode and
-            # fit's validation does not, so metric states must always be updated inside it.
-            with torch.inference_mode():
-                result = self._explain(trainer, pl_module)
+        # The trainer's own grad-free context (no_grad inside fit, inference mode under validate()):
+        # what the model keeps from these forward passes must stay usable by training.
+        with isolated_rng(pl_module.device), keep_no_grad():
+            result = self._explain(trainer, pl_module)
             self._log(trainer, pl_module, result)
 
     @override
@@ -334,7 +334,7 @@ class PAMICallback(Callback):
         if n == 0:
             empty = torch.zeros(0, dtype=torch.long, device=main_tensor(images).device)
             return empty, empty.float(), empty
-        with torch.inference_mode(), eval_mode(explainer.model):
+        with grad_free(), eval_mode(explainer.model):
             # The engine's forward (preprocess, autocast) on copies: an in-place preprocess or model
             # would otherwise rewrite the samples before they are explained and scored.
             chunks = [take(images, i, i + explainer.batch_size) for i in range(0, n, explainer.batch_size)]

@@ -7,7 +7,7 @@ from typing import Callable, Literal, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._modes import eval_mode
+from .._modes import eval_mode, grad_free
 from ..maskers import Masker
 from ..scores import OutputSpec, as_target, check_scores, check_target, resolve_output, top1
 from ._utils import check_heatmaps, resize_maps
@@ -63,7 +63,7 @@ def causal_curves(
     total = b * points
     if total == 0:
         return torch.zeros(0, points, device=images.device)
-    with torch.inference_mode(), eval_mode(model):
+    with grad_free(), eval_mode(model):
         blurred = substrate.substrate(images)
         start, finish = (blurred, images) if kind == "insertion" else (images, blurred)
         if given is None:  # RISE: the clean image's top-1 class (on copies: a model may edit its input in place)
