@@ -351,6 +351,7 @@ class PAMI:
         target = torch.stack([item.target for item, *_ in chunk])[segment]
         if sums.target_cpu is not None:
             check_target(self.score_fn, outputs, sums.target_cpu)
+            sums.target_cpu = None  # the number of outputs is fixed: one check per call
         if not sums.looked and self.score_fn is softmax_score and isinstance(outputs, Tensor) and outputs.ndim == 2:
             sums.looked = True  # once per call: one sync
             _warn_if_probabilities(outputs)

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..metrics import Deletion, EnergyPointingGame, Insertion, PointingGame
+from ..metrics import Deletion, Insertion
 from ..metrics.functional import energy_pointing_game, pointing_game
 from ..scores import OutputSpec
 
@@ -48,15 +48,7 @@ class Scorer:
     ) -> None:
         self.names = list(names)
         self.tolerance = tolerance
-        # Every rank scores the same gathered maps: summing identical states over ranks is wasted work.
-        self.mask_metrics = {
-            name: metric
-            for name, metric in (
-                ("pointing_game", PointingGame(tolerance=tolerance, sync_on_compute=False)),
-                ("energy_pointing_game", EnergyPointingGame(sync_on_compute=False)),
-            )
-            if name in self.names
-        }
+        self.mask_names = [name for name in MASK_METRICS if name in self.names]
         causal = dict(preprocess=preprocess, output=output, batch_size=batch_size)
         self.model_metrics = {
             name: metric
@@ -66,7 +58,7 @@ class Scorer:
 
     def to(self, device: torch.device) -> "Scorer":
         """Move the metric states (Lightning does not move metrics a callback owns)."""
-        for metric in (*self.mask_metrics.values(), *self.model_metrics.values()):
+        for metric in self.model_metrics.values():
             metric.to(device)
         return self
 
@@ -89,14 +81,16 @@ class Scorer:
         Per-sample values are NaN where a sample is not counted (empty mask, no positive energy).
         Returns empty dicts when ``masks`` is None.
         """
-        if masks is None or not self.mask_metrics:
+        if masks is None or not self.mask_names:
             return {}, {}
         masks = masks.to(maps.device)
         functional = {"pointing_game": lambda m, k: pointing_game(m, k, tolerance=self.tolerance), "energy_pointing_game": energy_pointing_game}
         scores, per_sample = {}, {}
-        for name, metric in self.mask_metrics.items():
-            metric.update(maps, masks)
-            scores[name] = float(metric.compute())
-            metric.reset()
-            per_sample[name] = torch.stack([functional[name](maps[i : i + 1], masks[i : i + 1]) for i in range(maps.shape[0])]).float().cpu()
+        for name in self.mask_names:
+            values = torch.stack([functional[name](maps[i : i + 1], masks[i : i + 1]) for i in range(maps.shape[0])]).float().cpu()
+            # The metrics' own reduction (float64 sum over counted samples / their count), from the
+            # per-sample values rather than a second pass over the maps.
+            counted = ~values.isnan()
+            scores[name] = float(values[counted].double().sum() / counted.sum())
+            per_sample[name] = values
         return scores, per_sample
