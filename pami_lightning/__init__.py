@@ -1,6 +1,7 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
 from .explainer import PAMI, REFERENCE_SHIFTS
+from .forward import ModelCall
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
 from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
@@ -20,6 +21,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "PAMI",
     "REFERENCE_SHIFTS",
+    "ModelCall",
     "Partition",
     "SlidingWindow",
     "Superpixels",

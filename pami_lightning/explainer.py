@@ -1,28 +1,28 @@
-"""PAMI: the engine. Partition -> mask -> forward -> score -> aggregate (paper Eq. 1)."""
+"""PAMI: Partition the input, Aggregate the model's outputs (paper Eq. 1). Configuration and ``explain``.
+
+The batching loop lives in :mod:`pami_lightning.engine`; how the model is called, in
+:class:`~pami_lightning.forward.ModelCall`.
+"""
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
-import sys
 import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, Union, overload
 
 import torch
 from torch import Tensor
 
-from ._inputs import Batch, allocate, batch_len, blend, call, index, main_tensor, take, to_batch
-from ._modes import eval_mode, grad_free
+from ._inputs import Batch, batch_len, blend, index, main_tensor, to_batch
+from .engine import Progress, View, run_views
+from .forward import ModelCall
 from .maskers import Blur, Masker, as_masker
-from .partitions.base import Partition, Parts, PartsOrFuture
+from .partitions.base import Partition, Source
 from .partitions.sliding_window import SlidingWindow
-from .scores import OutputSpec, as_target, check_scores, check_target, resolve_output, softmax_score, top1
-from .visualize import colorize
+from .partitions.superpixels import colour_guide
+from .scores import OutputSpec, as_target
 
 __all__ = ["PAMI", "REFERENCE_SHIFTS", "TargetSpec"]
 
@@ -35,56 +35,32 @@ REFERENCE_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
 )
 
 
-@dataclass
-class _Sums:
-    """Per-call accumulators of Eq. 1 and the state a forward batch needs."""
-
-    heat: Tensor  # [B, *spatial], sum of s_j m_j
-    cover: Tensor  # [B, *spatial], N: number of parts covering each pixel
-    bad: Tensor  # [B], count of non-finite scores
-    buffer: Batch  # [batch_size, C, *spatial] (or a dict of [batch_size, L, ...]), masked inputs
-    target_cpu: Tensor | None  # user-given targets, checked against the number of outputs
-    looked: bool = False  # whether the outputs were checked for already being probabilities
-
-
-@dataclass
-class _Item:
-    """One view of one input: what the masked inputs of its parts are blended from."""
-
-    owner: int
-    shift: tuple[int, ...]
-    x: Batch
-    substrate: Batch
-    target: Tensor
-    groups: Sequence[PartsOrFuture]
-
-
 class PAMI:
     """Black-box explanations by Partitioning the input and Aggregating the model's outputs.
 
     For each part ``j`` of an input (a window or a superpixel) the model sees the input with only
-    that part kept and the rest masked, ``x_j = where(m_j, x, substrate(x))``; its score for the
+    that part kept and the rest masked, ``x_j = x m_j + substrate(x) (1 - m_j)``; its score for the
     target class ``f_k(x_j)`` is spread over the part, and every pixel's value is the mean over the
     parts that cover it (paper Eq. 1): ``h = sum_j f_k(x_j) m_j / N``. Pixels no part covers get 0.
 
-    Masked inputs of all inputs are packed into full forward batches of ``batch_size``; masks are
-    built slice by slice on the input's device, blended with one ``where`` per slice, and aggregated
-    with one matmul per batch. The model runs under ``torch.inference_mode()`` in eval mode (every
-    submodule's mode is restored afterwards). Segmentations run in a thread pool and overlap the
-    forward passes.
+    Masked inputs of all inputs are packed into full forward batches of ``batch_size`` and written
+    into one reused buffer; the sums of Eq. 1 are float64. The model runs through a
+    :class:`~pami_lightning.ModelCall`: under ``torch.inference_mode()`` with its modules in eval mode
+    (every submodule's mode restored afterwards). Segmentations run in a thread pool and overlap
+    the forward passes.
 
     The same engine explains token sequences (``TokenWindows`` / ``Words`` with ``TokenMask`` /
     ``AttentionMask``; inputs ``[B, L]`` or a tokenizer's dict) and 1-D signals ``[B, C, T]``
     (``SlidingWindow(spatial_dims=1)``); ``output=`` turns any model's outputs into the score.
 
     Args:
-        model: an ``nn.Module`` or any callable mapping a batch of inputs to outputs (``[N, K]`` for
-            the built-in ``output`` modes): ``model(x)`` for a tensor ``[N, C, *spatial]`` or
-            ``[N, L]``, ``model(**x)`` for a dict input (``word_ids``, ``offset_mapping`` and
-            ``special_tokens_mask`` are not passed). Other conventions take a lambda, e.g.
-            ``lambda **kw: hf_model(**kw).logits``.
+        model: the ``nn.Module`` explained (called ``model(x)``, or ``model(**x)`` for a dict input;
+            ``word_ids``, ``offset_mapping`` and ``special_tokens_mask`` are not passed), or a ready
+            :class:`~pami_lightning.ModelCall` (then leave ``preprocess`` / ``output`` /
+            ``autocast_dtype`` / ``forward`` unset). Other calling conventions take ``forward=``.
         partition: how inputs are split (default ``SlidingWindow(radius=40, stride=6)``, the paper's
-            strategy I; ``Superpixels.paper()`` is strategy II; ``TokenWindows`` / ``Words`` for tokens).
+            strategy I for 224x224 images — ``SlidingWindow.relative()`` scales it to any size;
+            ``Superpixels.paper()`` is strategy II; ``TokenWindows`` / ``Words`` for tokens).
         masker: what replaces the removed part: ``Blur(49, 100)`` (default for images and signals,
             the paper's), ``Constant(0.0)`` (black), ``Constant(1.0)`` (white), ``TokenMask(mask_id)``
             or ``AttentionMask()`` (token sequences: one of them is required), or a callable
@@ -95,15 +71,19 @@ class PAMI:
             (multi-label), ``"identity"`` (raw logit or regression value), or a callable
             ``(outputs, target [N]) -> scores [N]``.
         batch_size: masked inputs per forward call (default 64).
+        forward: adapter ``forward(model, x)`` / ``forward(model, **x)``, e.g.
+            ``lambda m, **kw: m(**kw).logits`` (default: call the model).
         second_run: re-partition the colour-mapped first map and explain again (paper Fig. 11);
             the second map is returned. Needs a content-aware partition such as ``Superpixels``.
-        shifts: views ``[(dy, dx), ...]`` of circularly shifted inputs, each explained and shifted
-            back before Eq. 1 pools them (``REFERENCE_SHIFTS``, or ``"reference"``, are the reference
-            code's 13 views). Include ``(0, 0)`` to keep the unshifted view. Default: none.
+        shifts: views ``[(dy, dx), ...]`` of circularly shifted inputs, each explained on its own
+            (with ``second_run``, from its own first map) and shifted back before Eq. 1 pools them
+            (``REFERENCE_SHIFTS``, or ``"reference"``, are the reference code's 13 views). Include
+            ``(0, 0)`` to keep the unshifted view. Default: none.
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype
-            (``torch.bfloat16`` / ``torch.float16``); scores and aggregation stay float32/float64.
+            (``torch.bfloat16`` / ``torch.float16``); scores are float32 and the sums float64.
         num_workers: threads for segmentation (default ``min(8, os.cpu_count())``).
-        progress: show a tqdm bar (default: only when stderr is a terminal).
+        progress: a tqdm bar on a terminal (default: only there); ``True`` off a terminal prints a
+            line to stderr every 10 s (passes done, rate, time left); ``False``: nothing.
 
     Example:
         >>> import torch
@@ -117,24 +97,27 @@ class PAMI:
 
     def __init__(
         self,
-        model: Callable[[Tensor], Any],
+        model: Callable[..., Any] | ModelCall,
         partition: Partition | None = None,
         masker: Masker | Callable[[Tensor], Tensor] | None = None,
-        preprocess: Callable[[Tensor], Tensor] | None = None,
+        preprocess: Callable[[Any], Any] | None = None,
         output: OutputSpec = "softmax",
         batch_size: int = 64,
         *,
+        forward: Callable[..., Any] | None = None,
         second_run: bool = False,
         shifts: Sequence[Sequence[int]] | str | None = None,
         autocast_dtype: torch.dtype | None = None,
         num_workers: int | None = None,
         progress: bool | None = None,
     ) -> None:
-        if not callable(model):
-            raise TypeError(f"model must be an nn.Module or a callable inputs -> outputs; got {type(model).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        self.model = model
+        if isinstance(model, ModelCall):
+            if preprocess is not None or output != "softmax" or autocast_dtype is not None or forward is not None:
+                raise ValueError("model is a ModelCall: set preprocess / output / autocast_dtype / forward on it, not on PAMI")
+            self.call = model if batch_size == 64 else model.replace(batch_size=batch_size)
+        else:
+            self.call = ModelCall(model, forward=forward, preprocess=preprocess, output=output,
+                                  autocast_dtype=autocast_dtype, batch_size=batch_size)
         self.partition = partition if partition is not None else SlidingWindow()
         if not isinstance(self.partition, Partition):
             raise TypeError(f"partition must be a Partition (SlidingWindow, Superpixels, ...); got {type(partition).__name__}")
@@ -147,37 +130,32 @@ class PAMI:
             raise ValueError(f"{self.masker!r} fills images or signals but {self.partition!r} splits token sequences; use masker=TokenMask(mask_id) or AttentionMask()")
         # Axes before the spatial ones in one input: the channel of [C, *spatial]; none for [L].
         self._lead = 1 if self.partition.channel_axis else 0
-        self.preprocess = preprocess
-        self.output = output
-        self.score_fn = resolve_output(output)
-        self.batch_size = int(batch_size)
         if second_run and not self.partition.content_aware:
             raise ValueError(f"second_run=True re-partitions the first map, which needs a content-aware partition such as Superpixels; got {self.partition!r}")
         self.second_run = bool(second_run)
-        if isinstance(shifts, str):
-            if shifts != "reference":
-                raise ValueError(f'shifts must be a list of (dy, dx) views or "reference"; got "{shifts}"')
-            shifts = REFERENCE_SHIFTS
-        self.shifts = [_as_shift(s) for s in shifts] if shifts is not None else None
-        if self.shifts is not None:
-            if not self.partition.channel_axis:
-                raise ValueError(f"shifts augment images and signals; {self.partition!r} splits token sequences — pass shifts=None")
-            if not self.shifts:
-                raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
-            bad = [s for s in self.shifts if len(s) != self.partition.spatial_dims]
-            if bad:
-                raise ValueError(f"each shift needs {self.partition.spatial_dims} offsets (one per spatial axis); got {bad[0]}")
-        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16; got {autocast_dtype}")
-        self.autocast_dtype = autocast_dtype
+        self.shifts = _as_shifts(shifts, self.partition)
         self.num_workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1; got {num_workers}")
         self.progress = progress
 
+    # The model call's settings, readable where users look for them.
+    model = property(lambda self: self.call.model, doc="The explained model.")
+    preprocess = property(lambda self: self.call.preprocess, doc="Applied to masked inputs before the model.")
+    output = property(lambda self: self.call.output, doc="What is scored: a built-in name or a callable.")
+    score_fn = property(lambda self: self.call.score_fn, doc="The score function ``(outputs, target) -> [N]``.")
+    batch_size = property(lambda self: self.call.batch_size, doc="Masked inputs per forward call.")
+    autocast_dtype = property(lambda self: self.call.autocast_dtype, doc="The autocast dtype, or None.")
+
     # ------------------------------------------------------------------ public API
 
-    def explain(self, inputs: Tensor | Mapping[str, Tensor], target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    @overload
+    def explain(self, inputs: Batch, target: TargetSpec = None, *, return_target: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def explain(self, inputs: Batch, target: TargetSpec = None, *, return_target: Literal[True]) -> tuple[Tensor, Tensor]: ...
+
+    def explain(self, inputs: Batch, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Importance maps of ``inputs`` for ``target``.
 
         Args:
@@ -193,19 +171,18 @@ class PAMI:
             on the inputs' device (and the targets if asked).
         """
         self._check_inputs(inputs)
-        with grad_free(), eval_mode(self.model):
-            targets = self._targets(inputs, target)
+        with self.call.running():
+            n, device = batch_len(inputs), main_tensor(inputs).device
+            targets = as_target(target, n, device) if target is not None else self.call.clean(inputs).pred
             given = targets.cpu() if target is not None else None
-            heat = self._aggregate(inputs, targets, given, guides=None)
-            if self.second_run:
-                heat = self._aggregate(inputs, targets, given, guides=colorize(heat))
+            heat = self._explain(inputs, targets, given)
         # Clones made outside inference mode are ordinary tensors users may edit in place.
         heat, targets = heat.clone(), targets.clone()
         return (heat, targets) if return_target else heat
 
-    def attribute(self, inputs: Tensor | Mapping[str, Tensor], target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def attribute(self, inputs: Batch, target: TargetSpec = None, *, return_target: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Alias of :meth:`explain` for Captum users."""
-        return self.explain(inputs, target, return_target=return_target)
+        return self.explain(inputs, target, return_target=return_target)  # type: ignore[call-overload]
 
     __call__ = explain
 
@@ -218,7 +195,7 @@ class PAMI:
             raise TypeError(f"inputs must be a torch.Tensor [B, C, H, W] (token ids [B, L], or a dict of tensors); got {type(inputs).__name__}")
         self.partition.check_input(inputs)
         self.masker.check_input(inputs)
-        if not self.partition.channel_axis:
+        if not isinstance(inputs, Tensor) or not self.partition.channel_axis:
             return
         if not inputs.is_floating_point():
             raise ValueError(f"inputs must be floating-point images in [0, 1]; got {inputs.dtype} — use images.float() / 255")
@@ -227,7 +204,7 @@ class PAMI:
         if not bool(torch.isfinite(inputs).all()):
             raise ValueError("inputs hold NaN or inf values; every masked input would carry them into the model — clean the inputs first")
         # Signals have no pixel space: only images are expected in [0, 1].
-        if getattr(self.masker, "pixel_space", False) and self.partition.spatial_dims >= 2 and inputs.numel():
+        if self.masker.pixel_space and self.partition.spatial_dims >= 2 and inputs.numel():
             lo, hi = inputs.min().item(), inputs.max().item()
             if lo < -0.5 or hi > 1.5:
                 warnings.warn(
@@ -237,154 +214,99 @@ class PAMI:
                     stacklevel=3,
                 )
 
-    def _targets(self, inputs: Batch, target: TargetSpec) -> Tensor:
-        n, device = batch_len(inputs), main_tensor(inputs).device
-        if target is None:
-            # A copy: an in-place preprocess or model (Normalize(inplace=True)) would rewrite the
-            # caller's inputs, and with them every masked input built afterwards.
-            found = [top1(self._forward(_copy(take(inputs, i, i + self.batch_size)))) for i in range(0, n, self.batch_size)]
-            return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
-        return as_target(target, n, device)
+    # ------------------------------------------------------------------ the runs
 
-    # ------------------------------------------------------------------ the engine
-
-    def _forward(self, batch: Batch) -> Any:
-        x = self.preprocess(batch) if self.preprocess is not None else batch
-        device = main_tensor(batch).device
-        ctx = torch.autocast(device_type=device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        with ctx:
-            return call(self.model, x)
-
-    def _items(self, inputs: Batch, targets: Tensor, guides: Tensor | None, executor: ThreadPoolExecutor | None) -> Iterator[tuple[_Item, Parts]]:
-        """Each (view of an input, group of parts), in order; later views are partitioned ahead."""
-        views = self.shifts or [(0,) * self.partition.spatial_dims]
-        n_items = batch_len(inputs) * len(views)
-        device = main_tensor(inputs).device
-        # Segmenters run on the CPU: copy once here rather than syncing the device per input.
-        source = inputs.detach().cpu() if self.partition.content_aware else None
-
-        def make(i: int) -> _Item:
-            b, v = divmod(i, len(views))
-            shift = views[v]
-            x = _roll(index(inputs, b), shift, first_dim=1)
-            seen = _roll(source[b], shift, first_dim=1) if source is not None else x
-            guide = _roll(guides[b], shift, first_dim=1) if guides is not None else None
-            groups = self.partition.parts(seen, guide=guide, device=device, executor=executor)
-            substrate = index(self.masker.substrate(to_batch(x)), 0)
-            keep = self.partition.keep(x)
-            if keep is not None:
-                # Positions no part covers (padding, special tokens) reach every masked input unchanged.
-                substrate = index(blend(x, substrate, keep.unsqueeze(0), self._lead), 0)
-            return _Item(b, shift, x, substrate, targets[b], groups)
-
-        window: deque[_Item] = deque()
-        lookahead, nxt = 2, 0
-        while window or nxt < n_items:
-            while nxt < n_items and len(window) < lookahead:
-                window.append(make(nxt))
-                nxt += 1
-                # Enough views ahead to keep every segmentation worker busy.
-                lookahead = max(2, 1 + math.ceil(2 * self.num_workers / max(1, len(window[0].groups)))) if executor else 2
-            item = window.popleft()
-            for group in item.groups:
-                yield item, group.result() if isinstance(group, Future) else group
-
-    def _aggregate(self, inputs: Batch, targets: Tensor, target_cpu: Tensor | None, guides: Tensor | None) -> Tensor:
-        """Eq. 1 over every part of every view of every input: ``[B, *spatial]`` float32."""
-        from tqdm.auto import tqdm
-
+    def _explain(self, inputs: Batch, targets: Tensor, given: Tensor | None) -> Tensor:
+        """Run 1 (and run 2) over every view; the views of each input pooled by Eq. 1: ``[B, *spatial]`` float32."""
         main = main_tensor(inputs)
         b, spatial, device = main.shape[0], main.shape[1 + self._lead :], main.device
-        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        heat = torch.zeros(b, *spatial, dtype=acc_dtype, device=device)
-        sums = _Sums(
-            heat=heat,
-            cover=torch.zeros_like(heat),
-            bad=torch.zeros(b, dtype=torch.long, device=device),
-            buffer=allocate(inputs, self.batch_size),
-            target_cpu=target_cpu,
-        )
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        acc = torch.float32 if device.type == "mps" else torch.float64
+        heat = torch.zeros(b, *spatial, dtype=acc, device=device)
+        cover = torch.zeros_like(heat)
+        bad = torch.zeros(b, dtype=torch.long, device=device)
+        views = self.shifts or [(0,) * self.partition.spatial_dims]
+        guides: dict[tuple[int, int], Tensor] = {}
+
+        def pool(view: View) -> None:
+            if view.heat is not None:
+                heat[view.owner] += _roll(view.heat, view.shift, back=True)
+                cover[view.owner] += _roll(torch.as_tensor(view.cover, dtype=acc, device=device).expand(spatial), view.shift, back=True)
+                bad[view.owner] += view.bad
+
+        def keep_guide(view: View) -> None:
+            first = view.eq1()
+            bad[view.owner] += view.bad
+            if first is not None:  # the view's own first map, in its own (shifted) coordinates
+                guides[view.owner, views.index(view.shift)] = colour_guide(first[None])[0]
+
         executor = ThreadPoolExecutor(self.num_workers, thread_name_prefix="pami-segment") if self.partition.content_aware else None
-        chunk: list[tuple[_Item, Parts, int, int]] = []
-        filled = 0
+        progress = Progress(self.progress)
         try:
-            with tqdm(total=0, unit="pass", desc="PAMI", disable=not show, leave=False) as bar:
-                for item, group in self._items(inputs, targets, guides, executor):
-                    n, j = len(group), 0
-                    bar.total += n
-                    while j < n:
-                        take = min(n - j, self.batch_size - filled)
-                        chunk.append((item, group, j, j + take))
-                        filled, j = filled + take, j + take
-                        if filled == self.batch_size:
-                            self._flush(chunk, sums)
-                            bar.update(filled)
-                            chunk, filled = [], 0
-                if chunk:
-                    self._flush(chunk, sums)
-                    bar.update(filled)
+            for second in ([False, True] if self.second_run else [False]):
+                run_views(
+                    self.call, self._views(inputs, targets, views, executor, guides if second else None), inputs,
+                    self.batch_size, acc, pool if second or not self.second_run else keep_guide,
+                    given_target=given, progress=progress,
+                    lookahead=lambda view: _lookahead(view, self.num_workers) if executor else 2,
+                )
         finally:
+            progress.close()
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
-        if sums.bad.any():
-            where = sums.bad.nonzero().flatten().tolist()
+        if bad.any():
+            where = bad.nonzero().flatten().tolist()
             raise ValueError(
-                f"the model's scores were NaN or inf for {int(sums.bad.sum())} masked inputs (inputs {where}); "
+                f"the model's scores were NaN or inf for {int(bad.sum())} masked inputs (inputs {where}); "
                 "check the model, preprocess and autocast_dtype (float16 overflows easily)"
             )
-        return torch.where(sums.cover > 0, heat / sums.cover.clamp_min(1), torch.zeros_like(heat)).float()
+        return torch.where(cover > 0, heat / cover.clamp_min(1), torch.zeros_like(heat)).float()
 
-    def _flush(self, chunk: list[tuple[_Item, Parts, int, int]], sums: _Sums) -> None:
-        """One forward batch: blend, forward, score, and add ``s_j m_j`` and ``m_j`` (one matmul)."""
-        masks = torch.cat([group.masks(a, z) for _, group, a, z in chunk]) if len(chunk) > 1 else chunk[0][1].masks(chunk[0][2], chunk[0][3])
-        n, device = masks.shape[0], masks.device
-        counts = [z - a for _, _, a, z in chunk]
-        offset = 0
-        for (item, _, _, _), k in zip(chunk, counts):
-            blend(item.x, item.substrate, masks[offset : offset + k], self._lead, out=take(sums.buffer, offset, offset + k))
-            offset += k
-        outputs = self._forward(take(sums.buffer, 0, n))
-        # Row -> (segment, input) built on the CPU; a pageable copy would stall on the device's queue.
-        rows = torch.repeat_interleave(torch.tensor([[i, item.owner] for i, (item, *_) in enumerate(chunk)]), torch.tensor(counts), dim=0)
-        segment, owner = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)).unbind(1)
-        target = torch.stack([item.target for item, *_ in chunk])[segment]
-        if sums.target_cpu is not None:
-            check_target(self.score_fn, outputs, sums.target_cpu)
-            sums.target_cpu = None  # the number of outputs is fixed: one check per call
-        if not sums.looked and self.score_fn is softmax_score and isinstance(outputs, Tensor) and outputs.ndim == 2:
-            sums.looked = True  # once per call: one sync
-            _warn_if_probabilities(outputs)
-        scores = self.score_fn(outputs, target)
-        check_scores(scores, n, "masked input")
-        sums.bad.index_add_(0, owner, (~torch.isfinite(scores)).long())
-        # Rows 0..S-1: sum of s_j m_j per segment; rows S..2S-1: the coverage count of the segment.
-        s, dtype = len(chunk), sums.heat.dtype
-        weights = torch.zeros(2 * s, n, dtype=dtype, device=device)
-        cols = torch.arange(n, device=device)
-        weights[segment, cols] = scores.to(dtype)
-        weights[segment + s, cols] = 1
-        added = (weights @ masks.reshape(n, -1).to(dtype)).view(2 * s, *masks.shape[1:])
-        for i, (item, *_) in enumerate(chunk):
-            sums.heat[item.owner] += _roll(added[i], item.shift, first_dim=0, back=True)
-            sums.cover[item.owner] += _roll(added[s + i], item.shift, first_dim=0, back=True)
+    def _views(self, inputs: Batch, targets: Tensor, shifts: list[tuple[int, ...]], executor: Executor | None,
+               guides: dict[tuple[int, int], Tensor] | None) -> Iterator[View]:
+        """Each view of each input, created lazily: creating one starts its segmentations."""
+        device = main_tensor(inputs).device
+        # Content-aware partitions segment on the CPU: copy the inputs there once.
+        seen_all = main_tensor(inputs).detach().cpu() if self.partition.content_aware else None
+        for b in range(batch_len(inputs)):
+            for v, shift in enumerate(shifts):
+                if guides is not None and (b, v) not in guides:
+                    continue  # a view without parts has no first map to re-partition
+                x = _roll(index(inputs, b), shift, first=self._lead)
+                seen = _roll(seen_all[b], shift, first=1) if seen_all is not None else x
+                guide = guides[b, v] if guides is not None else None
+                groups = self.partition.parts(seen, guide=guide, device=device, executor=executor)
+                substrate = index(self.masker.substrate(to_batch(x)), 0)
+                keep = self.partition.keep(x)
+                if keep is not None:
+                    # Positions no part covers (padding, special tokens) reach every masked input unchanged.
+                    substrate = index(blend(x, substrate, keep.unsqueeze(0), self._lead), 0)
+                diff = x - substrate if isinstance(x, Tensor) and x.dtype in (torch.float32, torch.float64) else None
+                yield View(b, shift, Source(x, substrate, diff, self._lead), targets[b], groups)
 
 
-def _warn_if_probabilities(outputs: Tensor) -> None:
-    """Softmax of probabilities squashes every score towards 1/K: a distorted map, no error."""
-    o = outputs.detach().float()
-    if o.shape[1] > 1 and bool((o >= 0).all() & ((o.sum(dim=1) - 1).abs() <= 1e-3).all()):
-        warnings.warn(
-            'the model\'s outputs look like probabilities already (every row is >= 0 and sums to 1), and output="softmax" '
-            'would apply softmax again; pass output="identity" to explain the probabilities as they are',
-            UserWarning,
-            stacklevel=5,  # the caller of explain()
-        )
+def _lookahead(view: View, workers: int) -> int:
+    """Views to keep created ahead: enough segmentations queued to keep every worker busy."""
+    return max(2, 1 + -(-2 * workers // max(1, len(view.groups))))
 
 
-def _copy(x: Batch) -> Batch:
-    """A batch the model may modify in place without touching the caller's tensors."""
-    return {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone()
+def _as_shifts(shifts: Sequence[Sequence[int]] | str | None, partition: Partition) -> list[tuple[int, ...]] | None:
+    if shifts is None:
+        return None
+    if isinstance(shifts, str):
+        if shifts != "reference":
+            raise ValueError(f'shifts must be a list of (dy, dx) views or "reference"; got "{shifts}"')
+        shifts = REFERENCE_SHIFTS
+    if not partition.channel_axis:
+        raise ValueError(f"shifts augment images and signals; {partition!r} splits token sequences — pass shifts=None")
+    views = [_as_shift(s) for s in shifts]
+    if not views:
+        raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
+    bad = [s for s in views if len(s) != partition.spatial_dims]
+    if bad:
+        raise ValueError(f"each shift needs {partition.spatial_dims} offsets (one per spatial axis); got {bad[0]}")
+    if len(set(views)) != len(views):
+        raise ValueError(f"shifts must not repeat a view; got {views}")
+    return views
 
 
 def _as_shift(shift: Any) -> tuple[int, ...]:
@@ -397,9 +319,9 @@ def _as_shift(shift: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _roll(t: Tensor, shift: Sequence[int], first_dim: int, back: bool = False) -> Tensor:
-    """Circularly shift the spatial axes of ``t`` (starting at ``first_dim``) by ``shift`` (or back)."""
+def _roll(t: Any, shift: Sequence[int], first: int = 0, back: bool = False) -> Any:
+    """Circularly shift the spatial axes of ``t`` (starting at axis ``first``) by ``shift`` (or back)."""
     if not any(shift):
         return t
     shifts = tuple(-v for v in shift) if back else tuple(shift)
-    return torch.roll(t, shifts=shifts, dims=tuple(range(first_dim, first_dim + len(shift))))
+    return torch.roll(t, shifts=shifts, dims=tuple(range(first, first + len(shift))))

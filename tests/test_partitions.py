@@ -146,16 +146,16 @@ def test_second_run_guide_is_segmented_instead_of_the_image():
     assert masks[0, :, :20].all() and not masks[0, :, 20:].any()
 
 
-def test_segmenters_see_round_255x_as_uint8_hwc():
-    # Reference: each segmenter sees round(255 x) as uint8 [H, W, 3].
+def test_segmenters_see_truncated_255x_as_uint8_hwc():
+    # Reference: each segmenter sees np.uint8(255 x), i.e. truncation, as uint8 [H, W, 3].
     x = torch.rand(3, 8, 10, dtype=torch.float64)
     x[0, 0, :4] = torch.tensor([0.4, 0.6, 254.4, 254.6]) / 255
     seen = []
     Superpixels([lambda image: seen.append(image) or np.zeros(image.shape[:2], dtype=np.int64)]).masks(x)
-    want = np.round(255 * x.numpy()).astype(np.uint8).transpose(1, 2, 0)
+    want = np.uint8(255 * x.numpy()).transpose(1, 2, 0)
     assert seen[0].dtype == np.uint8 and seen[0].shape == (8, 10, 3)
     assert np.array_equal(seen[0], want)
-    assert seen[0][0, :4, 0].tolist() == [0, 1, 254, 255]
+    assert seen[0][0, :4, 0].tolist() == [0, 0, 254, 254]
 
 
 def test_segmenter_errors():

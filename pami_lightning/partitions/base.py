@@ -11,17 +11,44 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Parts", "LabelParts", "Partition", "PartsOrFuture"]
+from .._inputs import blend
+
+__all__ = ["Source", "Parts", "LabelParts", "Partition", "PartsOrFuture"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the masked inputs of one input's parts are blended from.
+
+    Attributes:
+        x: one input, a tensor ``[*lead, *spatial, *trail]`` (``[C, H, W]`` for an image) or a dict of them.
+        substrate: what replaces removed positions, shaped like ``x``.
+        diff: ``x - substrate`` for float32/float64 tensors, so that a masked input is
+            ``substrate + diff * m_j`` (one ``addcmul``); None otherwise (``where`` is used).
+        lead: number of axes before the spatial ones (1 for the channel axis of ``[C, *spatial]``).
+    """
+
+    x: Any
+    substrate: Any
+    diff: Tensor | None
+    lead: int
 
 
 class Parts(ABC):
-    """A group of parts of one input, each a boolean mask over the input's spatial axes."""
+    """A group of parts of one input, each a boolean mask over the input's spatial axes.
+
+    Besides the masks, a group knows how to write its masked inputs (:meth:`blend`) and how to
+    spread scores over its parts (:meth:`aggregate`, Eq. 1's numerator); the defaults go through
+    :meth:`masks`, and subclasses with structure (windows, label maps) override them with faster
+    exact versions.
+    """
 
     @abstractmethod
     def __len__(self) -> int:
@@ -31,13 +58,43 @@ class Parts(ABC):
     def masks(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Masks of parts ``start..stop-1``: bool ``[stop - start, *spatial]`` (True = kept)."""
 
+    def blend(self, source: Source, start: int, stop: int, out: Any) -> None:
+        """Write the masked inputs of parts ``start..stop-1`` into ``out`` (a batch of ``stop - start``)."""
+        masks = self.masks(start, stop)
+        if source.diff is None:
+            blend(source.x, source.substrate, masks, source.lead, out=out)
+            return
+        trail = source.x.ndim - source.lead - (masks.ndim - 1)
+        m = masks.view(masks.shape[0], *([1] * source.lead), *masks.shape[1:], *([1] * trail)).to(source.diff.dtype)
+        torch.addcmul(source.substrate, source.diff, m, out=out)
+
+    def aggregate(self, scores: Tensor) -> Tensor:
+        """Eq. 1's numerator over this group: ``sum_j scores[j] * m_j``, ``[*spatial]`` in the scores' dtype."""
+        total: Tensor | None = None
+        step = max(1, _SLICE_ELEMENTS // max(1, self.masks(0, 1)[0].numel()))
+        for lo in range(0, len(self), step):
+            m = self.masks(lo, lo + step)
+            part = torch.tensordot(scores[lo : lo + m.shape[0]], m.to(scores.dtype), dims=1)
+            total = part if total is None else total + part
+        assert total is not None, "aggregate() of an empty group"
+        return total
+
+    def coverage(self) -> Tensor | float:
+        """Eq. 1's ``N`` over this group: how many parts keep each position (``[*spatial]`` or a number)."""
+        return self.aggregate(torch.ones(len(self), dtype=torch.float64, device=self.masks(0, 1).device))
+
+
+#: Mask elements converted at once by the default :meth:`Parts.aggregate` (bounds its memory).
+_SLICE_ELEMENTS = 1 << 22
+
 
 class LabelParts(Parts):
     """Parts given by a label map: part ``k`` keeps the pixels labelled ``k``.
 
     Args:
         labels: integer label map ``[*spatial]`` with consecutive labels ``0..K-1`` (see
-            :func:`consecutive_labels`); a CPU tensor is moved to ``device`` at first use.
+            :func:`consecutive_labels`), ``-1`` at positions in no part; a CPU tensor is moved to
+            ``device`` at first use.
         device: where the masks are built.
     """
 
@@ -45,6 +102,7 @@ class LabelParts(Parts):
         self._labels = labels
         self.device = torch.device(device) if device is not None else labels.device
         self._count = int(labels.max()) + 1 if labels.numel() else 0
+        self._covered: Tensor | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -62,6 +120,16 @@ class LabelParts(Parts):
         ids = torch.arange(start, stop, device=self.device, dtype=self._labels.dtype)
         labels = self.labels
         return labels.unsqueeze(0) == ids.view(-1, *([1] * labels.ndim))
+
+    def aggregate(self, scores: Tensor) -> Tensor:
+        # A gather: each position takes its part's score (0 for positions in no part, label -1).
+        padded = torch.cat([scores.new_zeros(1), scores])
+        return padded[(self.labels.long() + 1).clamp_min(0)]
+
+    def coverage(self) -> Tensor | float:
+        if self._covered is None:
+            self._covered = (self.labels >= 0).to(torch.float64 if self.device.type != "mps" else torch.float32)
+        return self._covered
 
 
 def consecutive_labels(labels: np.ndarray) -> np.ndarray:
@@ -107,7 +175,8 @@ class Partition(ABC):
 
         Args:
             x: one input ``[C, *spatial]`` (the engine passes a CPU copy to content-aware partitions).
-            guide: an image ``[3, *spatial]`` in ``[0, 1]`` to partition instead of ``x`` (second run).
+            guide: a uint8 image ``[3, *spatial]`` to partition instead of ``x`` (the second run's
+                colour-mapped first map, see :func:`~pami_lightning.partitions.superpixels.colour_guide`).
             device: where masks are built (default ``x.device``).
             executor: a thread pool for CPU work; without one the work runs inline.
         """
@@ -125,7 +194,7 @@ class Partition(ABC):
 
         Args:
             x: one input ``[C, *spatial]`` (e.g. an image ``[3, H, W]`` in ``[0, 1]``).
-            guide: optional image ``[3, *spatial]`` to partition instead of ``x`` (second run).
+            guide: optional uint8 image ``[3, *spatial]`` to partition instead of ``x`` (second run).
         """
         self.check_input(x.unsqueeze(0), "x", batched=False)
         groups = [g.result() if isinstance(g, Future) else g for g in self.parts(x, guide=guide)]

@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import warnings
 from concurrent.futures import Executor
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from .base import Partition, Parts
+from .base import Partition, Parts, Source
+
+if TYPE_CHECKING:
+    from .pooled import Pooled
 
 __all__ = ["SlidingWindow", "WindowParts"]
 
 
+#: A window grid's float masks are cached when they take at most this many bytes: on small inputs
+#: building masks for every batch costs more than the forward passes; on large ones the cache would
+#: outgrow a batch of inputs, and windows are blended box by box instead.
+DENSE_BYTES = 64 << 20
+
+#: Elements of the float64 temporaries of one step of :meth:`WindowParts.aggregate` (bounds its memory).
+_AGGREGATE_ELEMENTS = 1 << 21
+
+
 class WindowParts(Parts):
-    """Windows of one ``radius`` centred on a grid; masks by one broadcast comparison per slice."""
+    """Windows of one ``radius`` centred on a grid of ``stride``: every window a translate of one kernel.
+
+    That structure makes both halves of Eq. 1 cheap and exact. Masked inputs are
+    ``substrate + diff * m_j`` from cached float masks (small inputs) or one box per window (large
+    inputs on the CPU), and the numerator ``sum_j s_j m_j`` is the score grid spread by the kernel:
+    along the last axis every window is a run of pixels per offset of the other axes, so it is a
+    difference of prefix sums in float64 — independent of the batch and of the mask count.
+    """
 
     def __init__(self, spatial: Sequence[int], radius: int, stride: int, shape: str, device: torch.device) -> None:
         self.spatial = tuple(spatial)
-        self.radius, self.shape, self.device = radius, shape, device
+        self.radius, self.stride, self.shape, self.device = radius, stride, shape, device
         axes = [torch.arange(0, n, stride, device=device) for n in self.spatial]
+        self.grid = tuple(a.numel() for a in axes)
         # Row-major grid of centres: [J, ndim]
         self.centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(self.spatial))
         self._coords = [torch.arange(n, device=device) for n in self.spatial]
+        self._dense: dict[torch.dtype, Tensor] = {}
+        self._kernel: dict[torch.dtype, Tensor] = {}
+        self._boxes: list[tuple[tuple[slice, ...], tuple[slice, ...]]] | None = None
+        self._plan: list[tuple[int, Tensor, Tensor]] | None = None
+        self._cover: Tensor | None = None
 
     def __len__(self) -> int:
         return self.centres.shape[0]
@@ -46,6 +74,111 @@ class WindowParts(Parts):
         bound = self.radius**2 if self.shape == "circle" else self.radius
         return total <= bound
 
+    # ------------------------------------------------------------------ blending
+
+    def blend(self, source: Source, start: int, stop: int, out: Any) -> None:
+        d = source.diff
+        if d is None or source.lead != 1 or d.ndim != 1 + len(self.spatial):
+            super().blend(source, start, stop, out)
+        elif len(self) * math.prod(self.spatial) * d.element_size() <= DENSE_BYTES:
+            torch.addcmul(source.substrate, d, self._dense_masks(d.dtype)[start:stop].unsqueeze(1), out=out)
+        elif self.device.type == "cpu":
+            self._blend_boxes(source.substrate, d, start, stop, out)
+        else:
+            super().blend(source, start, stop, out)  # accelerators build a batch of masks in one kernel
+
+    def _dense_masks(self, dtype: torch.dtype) -> Tensor:
+        if dtype not in self._dense:
+            self._dense = {dtype: torch.cat([self.masks(lo, lo + 256).to(dtype) for lo in range(0, len(self), 256)])}
+        return self._dense[dtype]
+
+    def _blend_boxes(self, substrate: Tensor, diff: Tensor, start: int, stop: int, out: Tensor) -> None:
+        """``out = substrate`` everywhere, then ``+= diff * kernel`` in each window's box (the same sums as the dense path)."""
+        if self._boxes is None:
+            r = self.radius
+            self._boxes = [
+                (
+                    tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, n in zip(centre, self.spatial)),
+                    tuple(slice(max(0, c - r) - (c - r), min(n, c + r + 1) - (c - r)) for c, n in zip(centre, self.spatial)),
+                )
+                for centre in self.centres.tolist()
+            ]
+        if diff.dtype not in self._kernel:
+            self._kernel = {diff.dtype: self._window_kernel().to(diff.dtype)}
+        kernel = self._kernel[diff.dtype]
+        out.copy_(substrate.expand_as(out))
+        channels = (slice(None),)
+        for k, (box, kbox) in enumerate(self._boxes[start:stop]):
+            out[k][channels + box].addcmul_(diff[channels + box], kernel[kbox])
+
+    def _window_kernel(self) -> Tensor:
+        """The window centred in a ``(2r + 1)``-wide box: bool ``[2r + 1] * ndim``."""
+        r, ndim = self.radius, len(self.spatial)
+        offsets = torch.arange(-r, r + 1, device=self.device)
+        grids = torch.meshgrid(*([offsets] * ndim), indexing="ij")
+        if self.shape == "circle":
+            return sum(g * g for g in grids) <= r * r  # type: ignore[return-value]
+        return torch.ones([2 * r + 1] * ndim, dtype=torch.bool, device=self.device)
+
+    # ------------------------------------------------------------------ Eq. 1
+
+    def aggregate(self, scores: Tensor) -> Tensor:
+        *lead_spatial, width = self.spatial
+        r = self.radius
+        lead_cells = math.prod(self.grid[:-1])
+        # Scores on the pixel grid of the last axis (zero between centres); prefix sums padded so
+        # that every run [x - w, x + w] is a difference of two slices (prefix[k + r] = sum of the first k).
+        stuffed = scores.new_zeros(lead_cells, width)
+        stuffed[:, :: self.stride] = scores.view(lead_cells, self.grid[-1])
+        cums = stuffed.cumsum(1)
+        prefix = torch.cat([scores.new_zeros(lead_cells, r + 1), cums, cums[:, -1:].expand(-1, r)], dim=1)
+        heat = scores.new_zeros(math.prod(lead_spatial), width)
+        step = max(1, _AGGREGATE_ELEMENTS // width)
+        for w, cells, rows in self._aggregation_plan():
+            run = prefix[:, r + w + 1 : r + w + 1 + width] - prefix[:, r - w : r - w + width]
+            for a in range(0, rows.numel(), step):
+                heat.index_add_(0, rows[a : a + step], run[cells[a : a + step]])
+        return heat.view(self.spatial)
+
+    def coverage(self) -> Tensor | float:
+        if self._cover is None:
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64
+            self._cover = self.aggregate(torch.ones(len(self), dtype=dtype, device=self.device))
+        return self._cover
+
+    def _aggregation_plan(self) -> list[tuple[int, Tensor, Tensor]]:
+        """For each run half-width ``w``: which leading grid cells add their runs to which pixel rows.
+
+        A window centred at ``c`` covers, at offset ``delta`` of the leading axes, the pixels
+        ``|x - c_last| <= w`` of the last axis, ``w = isqrt(r**2 - |delta|**2)`` (circle) or ``r`` (square).
+        """
+        if self._plan is not None:
+            return self._plan
+        r, s = self.radius, self.stride
+        *lead_spatial, _ = self.spatial
+        pairs: dict[int, tuple[list[int], list[int]]] = {}
+        for d in itertools.product(range(-r, r + 1), repeat=len(lead_spatial)):
+            squared = sum(v * v for v in d)
+            if self.shape == "circle" and squared > r * r:
+                continue
+            w = math.isqrt(r * r - squared) if self.shape == "circle" else r
+            cells, rows = pairs.setdefault(w, ([], []))
+            for q, cell in enumerate(itertools.product(*(range(g) for g in self.grid[:-1]))):
+                pixel = [i * s + v for i, v in zip(cell, d)]
+                if all(0 <= p < n for p, n in zip(pixel, lead_spatial)):
+                    row = 0
+                    for p, n in zip(pixel, lead_spatial):
+                        row = row * n + p
+                    cells.append(q)
+                    rows.append(row)
+        device = self.device
+        self._plan = [
+            (w, torch.tensor(cells, dtype=torch.long, device=device), torch.tensor(rows, dtype=torch.long, device=device))
+            for w, (cells, rows) in sorted(pairs.items())
+            if rows
+        ]
+        return self._plan
+
 
 class SlidingWindow(Partition):
     """Windows of a fixed size whose centres lie on a regular grid (paper §3.2.1, Strategy I).
@@ -55,36 +188,181 @@ class SlidingWindow(Partition):
     in a circular window when ``dy**2 + dx**2 <= radius**2``, in a square one when
     ``max(|dy|, |dx|) <= radius`` (a ``2*radius + 1`` wide square). Windows are clipped at the border.
 
+    The paper's radius 40 and stride 6 are sized for 224x224 images; on a 32x32 image every such
+    window covers the whole image and the map is flat. :meth:`relative` gives windows sized as a
+    fraction of each input (``unit="fraction"``), :meth:`resolve` the pixels used for a size, and
+    ``max_parts`` caps the forward passes per input by widening the stride.
+
     Args:
-        radius: window radius in pixels (default 40, the paper's).
-        stride: step between window centres in pixels (default 6, the paper's).
+        radius: window radius in pixels (default 40, the paper's); with ``unit="fraction"``, a
+            fraction in ``[0, 1]`` of the input's smallest spatial size, rounded to whole pixels.
+        stride: step between window centres in pixels (default 6, the paper's); with
+            ``unit="fraction"``, a fraction in ``(0, 1]`` of the smallest spatial size (at least 1 pixel).
         shape: ``"circle"`` (default) or ``"square"``.
         spatial_dims: 2 for images ``[B, C, H, W]`` (default), 1 for signals ``[B, C, T]``.
+        unit: ``"px"`` (default) or ``"fraction"``: what ``radius`` and ``stride`` are measured in.
+        max_parts: budget of windows (forward passes) per input, or ``None`` (default) for none. When
+            the grid has more windows, the stride grows to the smallest one whose grid fits; the
+            radius is kept.
 
     Example:
         >>> import torch
         >>> from pami_lightning import SlidingWindow
         >>> SlidingWindow(radius=40, stride=6).masks(torch.rand(3, 224, 224)).shape
         torch.Size([1444, 224, 224])
+        >>> SlidingWindow(radius=40, stride=6, max_parts=400).resolve((224, 224))  # 19 x 19 = 361 windows
+        (40, 12)
     """
 
     def __init__(
         self,
-        radius: int = 40,
-        stride: int = 6,
+        radius: float = 40,
+        stride: float = 6,
         shape: Literal["circle", "square"] = "circle",
         spatial_dims: int = 2,
+        *,
+        unit: Literal["px", "fraction"] = "px",
+        max_parts: int | None = None,
     ) -> None:
-        if radius < 0:
-            raise ValueError(f"radius must be >= 0 pixels; got {radius}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1 pixel; got {stride}")
+        if unit == "px":
+            if radius < 0:
+                raise ValueError(f"radius must be >= 0 pixels; got {radius}")
+            if stride < 1:
+                raise ValueError(f"stride must be >= 1 pixel; got {stride}")
+        elif unit == "fraction":
+            # A pixel count passed as a fraction (radius=40) would make every window cover everything.
+            if not 0 <= radius <= 1:
+                raise ValueError(f'radius must be in [0, 1] with unit="fraction" (a fraction of the smallest spatial '
+                                 f'size, e.g. 40/224); got {radius} — for pixels use unit="px"')
+            if not 0 < stride <= 1:
+                raise ValueError(f'stride must be in (0, 1] with unit="fraction" (a fraction of the smallest spatial '
+                                 f'size, e.g. 6/224); got {stride} — for pixels use unit="px"')
+        else:
+            raise ValueError(f'unit must be "px" (pixels) or "fraction" (of the smallest spatial size); got "{unit}"')
         if shape not in ("circle", "square"):
             raise ValueError(f'shape must be "circle" or "square"; got "{shape}"')
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1 (signals), 2 (images) or 3 (volumes); got {spatial_dims}")
-        self.radius, self.stride, self.shape, self.spatial_dims = int(radius), int(stride), shape, int(spatial_dims)
+        if max_parts is not None and (isinstance(max_parts, bool) or int(max_parts) != max_parts or max_parts < 1):
+            raise ValueError(f"max_parts must be a whole number >= 1 of forward passes per input, or None for no "
+                             f"budget; got {max_parts}")
+        self.radius: float = int(radius) if unit == "px" else float(radius)
+        self.stride: float = int(stride) if unit == "px" else float(stride)
+        self.shape, self.spatial_dims = shape, int(spatial_dims)
+        self.unit, self.max_parts = unit, None if max_parts is None else int(max_parts)
         self._cache: dict[tuple, WindowParts] = {}
+        self._warned: set[tuple] = set()
+
+    @classmethod
+    def relative(
+        cls,
+        radius: float = 40 / 224,
+        stride: float = 6 / 224,
+        shape: Literal["circle", "square"] = "circle",
+        spatial_dims: int = 2,
+        *,
+        max_parts: int | None = None,
+    ) -> SlidingWindow:
+        """Windows sized as fractions of each input's smallest spatial size (``unit="fraction"``).
+
+        The defaults are the paper's radius 40 and stride 6 at 224x224, scaled to any size: radius
+        ``round(40/224 * n)`` and stride ``max(1, round(6/224 * n))`` pixels for a smallest side ``n``
+        (halves round up).
+
+        Args:
+            radius: fraction in ``[0, 1]`` of the smallest spatial size (default ``40/224``).
+            stride: fraction in ``(0, 1]`` of the smallest spatial size (default ``6/224``).
+            shape: ``"circle"`` (default) or ``"square"``.
+            spatial_dims: 2 for images (default), 1 for signals.
+            max_parts: budget of windows per input (default: none), see :class:`SlidingWindow`.
+
+        Example:
+            >>> from pami_lightning import SlidingWindow
+            >>> sw = SlidingWindow.relative()
+            >>> sw.resolve((224, 224)), sw.resolve((64, 64)), sw.resolve((32, 32))
+            ((40, 6), (11, 2), (6, 1))
+        """
+        return cls(radius, stride, shape, spatial_dims, unit="fraction", max_parts=max_parts)
+
+    @classmethod
+    def multiscale(
+        cls,
+        radii: Sequence[float] = (20, 40, 60),
+        stride: float = 6,
+        shape: Literal["circle", "square"] = "circle",
+        spatial_dims: int = 2,
+        *,
+        unit: Literal["px", "fraction"] = "px",
+        max_parts: int | None = None,
+    ) -> Pooled:
+        """Windows of several radii pooled into one partition (paper §3.2.1, multi-scale interpretation).
+
+        Eq. 1 runs once over the windows of every radius (see :class:`~pami_lightning.partitions.Pooled`).
+
+        Args:
+            radii: window radii, in ``unit`` (default ``(20, 40, 60)`` pixels).
+            stride: step between window centres, in ``unit``, shared by every radius (default 6).
+            shape: ``"circle"`` (default) or ``"square"``.
+            spatial_dims: 2 for images (default), 1 for signals.
+            unit: ``"px"`` (default) or ``"fraction"``, as for :class:`SlidingWindow`.
+            max_parts: budget of windows per input for all radii together (default: none); each
+                radius gets ``max_parts // len(radii)``.
+
+        Example:
+            >>> from pami_lightning import SlidingWindow
+            >>> SlidingWindow.multiscale(radii=(20, 40), stride=8).num_parts((224, 224))  # 2 x 28 x 28
+            1568
+        """
+        # Imported here so that pooled.py may import this module some day without a cycle.
+        from .pooled import Pooled
+
+        radii = list(radii)
+        if not radii:
+            raise ValueError("radii must hold at least one window radius, e.g. (20, 40, 60)")
+        budget = None
+        if max_parts is not None:
+            if isinstance(max_parts, bool) or int(max_parts) != max_parts or max_parts < len(radii):
+                raise ValueError(f"max_parts must be a whole number >= {len(radii)} (one window per radius at least) "
+                                 f"or None; got {max_parts}")
+            budget = int(max_parts) // len(radii)
+        return Pooled([cls(r, stride, shape, spatial_dims, unit=unit, max_parts=budget) for r in radii])
+
+    def resolve(self, spatial: Sequence[int] | int) -> tuple[int, int]:
+        """The ``(radius, stride)`` in pixels used for inputs of this spatial size.
+
+        With ``unit="fraction"``, both are scaled by the smallest spatial size and rounded (halves up;
+        the stride is at least 1). With ``max_parts``, the stride then grows to the smallest one whose
+        grid of ``prod(ceil(n_i / stride))`` windows fits the budget.
+
+        Args:
+            spatial: the input's spatial size, e.g. ``(H, W)`` (an int for signals).
+
+        Example:
+            >>> from pami_lightning import SlidingWindow
+            >>> SlidingWindow.relative(max_parts=100).resolve((32, 32))  # radius 6 px; 8 x 8 windows at stride 4
+            (6, 4)
+        """
+        spatial = (int(spatial),) if isinstance(spatial, int) else tuple(int(n) for n in spatial)
+        if len(spatial) != self.spatial_dims:
+            raise ValueError(f"spatial must hold {self.spatial_dims} sizes (one per spatial axis, no channel axis) "
+                             f"for {self!r}; got {list(spatial)}")
+        if self.unit == "fraction":
+            side = min(spatial)
+            # int(v + 0.5): round half up (Python's round() sends 2.5 to 2).
+            radius, stride = int(self.radius * side + 0.5), max(1, int(self.stride * side + 0.5))
+        else:
+            radius, stride = int(self.radius), int(self.stride)
+        if self.max_parts is not None and self._grid_size(spatial, stride) > self.max_parts:
+            # The count never grows with the stride, so bisect; at max(spatial) every axis has one centre.
+            lo, hi = stride + 1, max(stride + 1, *spatial)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._grid_size(spatial, mid) <= self.max_parts:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            stride = lo
+        return radius, stride
 
     def parts(
         self,
@@ -95,20 +373,38 @@ class SlidingWindow(Partition):
         executor: Executor | None = None,
     ) -> list[Parts]:
         device = torch.device(device) if device is not None else x.device
-        # The window attributes are in the key: they are public and may be changed between calls.
-        key = (tuple(x.shape[1:]), device, self.radius, self.stride, self.shape)
+        spatial = tuple(x.shape[1:])
+        radius, stride = self.resolve(spatial)
+        # The resolved window is in the key: the attributes are public and may be changed between calls.
+        key = (spatial, device, radius, stride, self.shape)
         parts = self._cache.get(key)
         if parts is None:
-            parts = WindowParts(key[0], self.radius, self.stride, self.shape, device)
+            self._warn_if_flat(spatial, radius)
+            parts = WindowParts(spatial, radius, stride, self.shape, device)
             self._cache = {key: parts}
         return [parts]
 
-    def num_parts(self, spatial: Sequence[int]) -> int:
+    def num_parts(self, spatial: Sequence[int] | int) -> int:
         """Number of windows (forward passes per input) for inputs of this spatial size."""
+        return self._grid_size(spatial if not isinstance(spatial, int) else (spatial,), self.resolve(spatial)[1])
+
+    @staticmethod
+    def _grid_size(spatial: Sequence[int], stride: int) -> int:
         count = 1
         for n in spatial:
-            count *= -(-n // self.stride)
+            count *= -(-n // stride)
         return count
 
+    def _warn_if_flat(self, spatial: tuple[int, ...], radius: int) -> None:
+        side = min(spatial)
+        if side > 0 and 2 * radius >= side and (spatial, radius) not in self._warned:
+            self._warned.add((spatial, radius))
+            size = "x".join(map(str, spatial))
+            warnings.warn(f"{self!r} resolves to a {radius} px radius on {size} inputs, at least half their smallest "
+                          "side: every window covers most of the image: the map will be nearly flat — use "
+                          "SlidingWindow.relative() or a smaller radius", UserWarning, stacklevel=3)
+
     def __repr__(self) -> str:
-        return f'SlidingWindow(radius={self.radius}, stride={self.stride}, shape="{self.shape}")'
+        extra = f', unit="{self.unit}"' if self.unit != "px" else ""
+        extra += f", max_parts={self.max_parts}" if self.max_parts is not None else ""
+        return f'SlidingWindow(radius={self.radius}, stride={self.stride}, shape="{self.shape}"{extra})'
