@@ -4,7 +4,7 @@ from .explainer import PAMI, REFERENCE_SHIFTS
 from .forward import ModelCall
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
-from .partitions import Partition, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
+from .partitions import Partition, Pooled, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
 from .scores import caption_word_score
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "ModelCall",
     "Partition",
     "SlidingWindow",
+    "Pooled",
     "Superpixels",
     "register_segmenter",
     "Masker",

@@ -11,12 +11,12 @@ boundaries a partition reads) are never passed to it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Union
+from typing import Mapping, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "META_KEYS", "main_tensor", "batch_len", "index", "take", "to_batch", "allocate", "blend", "call"]
+__all__ = ["Batch", "META_KEYS", "main_tensor", "batch_len", "index", "take", "to_batch", "allocate", "blend"]
 
 #: An input batch (or one input): a tensor or a dict of tensors.
 Batch = Union[Tensor, Mapping[str, Tensor]]
@@ -97,8 +97,3 @@ def _where(x: Tensor, substrate: Tensor, masks: Tensor, lead: int, out: Tensor |
         raise ValueError(f"masks over {masks.ndim - 1} axes do not fit an input of shape {list(x.shape)}")
     m = masks.view(masks.shape[0], *([1] * lead), *masks.shape[1:], *([1] * trail))
     return torch.where(m, x, substrate, out=out)
-
-
-def call(model: Callable[..., Any], batch: Batch) -> Any:
-    """Run the model: ``model(batch)`` for a tensor, ``model(**batch)`` for a dict."""
-    return model(**batch) if isinstance(batch, Mapping) else model(batch)

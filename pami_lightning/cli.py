@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:  # torch is imported lazily so that --help and flag errors answer at once
     from torch import Tensor, nn
 
+    from .partitions import Partition
+
 __all__ = ["main", "build_parser", "load_class", "load_model", "read_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -282,6 +284,19 @@ def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
     return init_args
 
 
+def _planned_passes(partition: "Partition", spatial: Sequence[int], top1: bool, second_run: bool) -> str:
+    """What the run will cost, said before it starts: a large image can take an hour on a CPU."""
+    from . import SlidingWindow, Superpixels
+
+    clean = " + 1 for the top-1 class" if top1 else ""
+    if isinstance(partition, SlidingWindow):
+        windows = partition.num_parts(tuple(spatial))
+        return f"{windows + top1} forward passes ({windows} windows{clean})"
+    segmentations = f"{len(partition.settings)} segmentations" if isinstance(partition, Superpixels) else "the partition"
+    runs = ", in each of two runs" if second_run else ""
+    return f"one forward pass per superpixel of {segmentations}{runs}{clean}: counted after segmentation"
+
+
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
     """Explain ``args.image`` and write the overlay and the map; returns their paths."""
     init_args = _check_flags(args)
@@ -309,7 +324,11 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     else:
         partition = Superpixels.paper()
     masker = {"blur": Blur(), "black": Constant(0.0), "white": Constant(1.0)}[args.masker]
-    explainer = PAMI(model, partition, masker, preprocess, output=args.score, batch_size=args.batch_size, second_run=args.second_run)
+    # progress=True: off a terminal (a log file, a job queue) the engine reports progress as lines on stderr.
+    explainer = PAMI(model, partition, masker, preprocess, output=args.score, batch_size=args.batch_size,
+                     second_run=args.second_run, progress=True)
+    planned = _planned_passes(partition, image.shape[-2:], top1=args.target is None, second_run=args.second_run)
+    print(f"pami-explain: 1 image ({image.shape[-2]}x{image.shape[-1]}), {planned}", flush=True)
 
     passes = [0]
     hook = model.register_forward_pre_hook(lambda _, inputs: passes.__setitem__(0, passes[0] + len(inputs[0])))

@@ -12,7 +12,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
@@ -43,7 +42,8 @@ class Blur(Masker):
     ``kernel_size``-wide grid (scipy's default ``reflect`` mode and ``truncate=4``), so ``Blur(49, 100)``
     is the PAMI paper's nearly uniform 49x49 box and ``Blur(11, 5)`` is RISE's insertion substrate.
     That kernel is exactly separable, so it runs as one 1-D convolution per spatial axis on the
-    input's device (``K`` taps per axis instead of ``K**2``). Borders darken, as in the reference.
+    input's device (by FFT, zero-padded: equal to the direct convolution up to float rounding,
+    ~1e-7). Borders darken, as in the reference.
 
     Args:
         kernel_size: odd kernel width in pixels (default 49).
@@ -79,17 +79,16 @@ class Blur(Masker):
         if not 1 <= len(spatial) <= 3:
             raise ValueError(f"Blur needs inputs [B, C, *spatial] with 1-3 spatial axes; got {list(x.shape)}")
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-        y = x.to(dtype).reshape(-1, 1, *spatial)
-        k = self.kernel_1d.to(device=x.device, dtype=dtype)
-        conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
-        pad = self.kernel_size // 2
-        for axis in range(len(spatial)):
-            shape = [1] * len(spatial)
-            shape[axis] = self.kernel_size
-            padding = [0] * len(spatial)
-            padding[axis] = pad
-            y = conv(y, k.view(1, 1, *shape), padding=tuple(padding))
-        return y.reshape(x.shape).to(x.dtype)
+        y = x.to(dtype)
+        k, pad = self.kernel_1d.to(device=x.device, dtype=dtype), self.kernel_size // 2
+        for axis in range(2, x.ndim):
+            # A zero-padded linear convolution by FFT (length n + K - 1: no wrap-around): n log n per
+            # row instead of n K, which on the CPU is 3x faster at 224 px and more on large images.
+            n = y.shape[axis]
+            length = n + self.kernel_size - 1
+            spectrum = torch.fft.rfft(y, n=length, dim=axis) * _along(torch.fft.rfft(k, n=length), axis, y.ndim)
+            y = torch.fft.irfft(spectrum, n=length, dim=axis).narrow(axis, pad, n)
+        return y.contiguous().to(x.dtype)
 
     def __repr__(self) -> str:
         return f"Blur(kernel_size={self.kernel_size}, sigma={self.sigma:g})"
@@ -196,6 +195,13 @@ class AttentionMask(Masker):
 
     def __repr__(self) -> str:
         return "AttentionMask()"
+
+
+def _along(v: Tensor, axis: int, ndim: int) -> Tensor:
+    """A 1-D tensor shaped to broadcast along ``axis`` of an ``ndim``-D tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.view(shape)
 
 
 def as_masker(masker: Masker | Callable[[Tensor], Tensor]) -> Masker:

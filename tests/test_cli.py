@@ -80,7 +80,12 @@ def test_console_script_sliding_lightning_checkpoint(files, tmp_path):
     assert done.returncode == 0, done.stderr
     heat = _check_outputs(out, (40, 56))
     assert 0 <= heat.min() < heat.max() <= 1  # softmax probabilities, and not a constant map
-    assert "141 forward passes" in done.stdout  # 10 x 14 windows, and the clean image for the top-1 class
+    planned, result = done.stdout.splitlines()
+    # Said up front, before any forward pass: 10 x 14 windows, and the clean image for the top-1 class.
+    assert planned == "pami-explain: 1 image (40x56), 141 forward passes (140 windows + 1 for the top-1 class)"
+    assert "141 forward passes in" in result
+    # Off a terminal, progress comes as log lines on stderr.
+    assert "PAMI: 140/140 forward passes (100%)" in done.stderr
 
 
 def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
@@ -89,7 +94,10 @@ def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
                     "--strategy", "superpixels", "--second-run", "--target", "2", "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _check_outputs(out, (40, 56))
-    assert done.stdout.startswith("class 2:")
+    planned, result = done.stdout.splitlines()
+    assert planned == ("pami-explain: 1 image (40x56), one forward pass per superpixel of 20 segmentations, in each of two runs: "
+                       "counted after segmentation")  # --target: no pass for the top-1 class
+    assert result.startswith("class 2:")
 
 
 def test_console_script_error_is_one_line_without_traceback(files, tmp_path):
@@ -107,7 +115,9 @@ def test_size_preprocess_and_file_module(files, tmp_path, capsys):
             "--masker", "black", "--preprocess", "imagenet", "--target", "4", "--batch-size", "7", "--out", str(out)]
     assert main(args) == 0
     _check_outputs(out, (24, 20))
-    assert capsys.readouterr().out.startswith("class 4: map 24x20")
+    planned, result = capsys.readouterr().out.splitlines()
+    assert planned == "pami-explain: 1 image (24x20), 20 forward passes (20 windows)"  # 5 x 4 windows at stride 5, --target given
+    assert result.startswith("class 4: map 24x20") and "20 forward passes in" in result
 
 
 def test_custom_normalisation_matches_the_api(files, tmp_path):

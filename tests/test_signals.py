@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pami_lightning import PAMI, Blur, Constant, SlidingWindow
+from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
 
 T = 120
 EVIDENCE = slice(70, 90)
@@ -77,7 +77,9 @@ def test_signals_outside_the_unit_range_raise_no_pixel_space_warning():
     x = 10 * signals()  # e.g. millivolts: signals have no pixel space
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        PAMI(regressor, SlidingWindow(radius=10, stride=10, spatial_dims=1), Constant(0.0), output="identity").explain(x)
+        # modules=(): the regressor is a plain function, with no module to put in eval mode.
+        call = ModelCall(regressor, output="identity", modules=())
+        PAMI(call, SlidingWindow(radius=10, stride=10, spatial_dims=1), Constant(0.0)).explain(x)
 
 
 def test_a_signal_without_its_channel_axis_is_refused():

@@ -139,6 +139,15 @@ def explainer(model, second_run: bool = False, shifts=None) -> PAMI:
                 second_run=second_run, shifts=shifts, progress=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small forwards gain nothing from intra-op threads and stall badly on a busy machine (15x measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def case():
     """A small random CNN, the 96x96 photo, and the class it explains (the CNN's top-1)."""
@@ -382,8 +391,9 @@ def test_cached_labels_are_private_compact_and_bounded():
     off.masks(x)
     off.masks(x)
     assert seg.calls == 2
-    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
-        Superpixels([seg], cache_mb=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="cache_mb must be a finite number >= 0"):
+            Superpixels([seg], cache_mb=bad)
 
 
 def test_cache_is_thread_safe_and_copies_start_empty():

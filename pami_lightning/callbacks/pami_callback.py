@@ -22,12 +22,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from .._inputs import batch_len, main_tensor, take
-from .._modes import eval_mode, grad_free, keep_no_grad
-from ..explainer import PAMI, _copy
+from .._inputs import Batch, batch_len, main_tensor
+from ..explainer import PAMI
 from ..maskers import Masker
 from ..partitions.base import Partition
-from ..scores import top1
 from .drift import DriftHistory
 from .logging import dispatch
 from .report import Explained, build_report, table_rows
@@ -212,14 +210,18 @@ class PAMICallback(Callback):
                 "does not allow (every forward is a collective there); use a DDP or single-device strategy"
             )
         # Built per run: a later fit or validate may bring another LightningModule.
-        if self._given_explainer is None:
-            self.explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
+        explainer = self._given_explainer
+        if explainer is None:
+            explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
+        # The model calls keep the trainer's own grad-free context: no_grad inside fit, where a tensor
+        # the model caches in inference mode would break the next training step (and no_grad inside
+        # validate()'s inference mode stays inference mode). A copy: the user's explainer is untouched.
+        self.explainer = copy.copy(explainer)
+        self.explainer.call = explainer.call.replace(inference_mode=False)
         self._text = is_text(self.explainer)
         if self._text:
             self.metrics = []  # pointing games, insertion and deletion need images
-        self._scorer = Scorer(
-            self.metrics, self.explainer.model, self.explainer.preprocess, self.explainer.output, self.explainer.batch_size, self.pointing_tolerance
-        )
+        self._scorer = Scorer(self.metrics, self.explainer.call, self.pointing_tolerance)
         if not trainer.loggers and not self._warned_no_logger:
             self._warned_no_logger = True
             rank_zero_warn(
@@ -237,9 +239,7 @@ class PAMICallback(Callback):
                 return
         elif not (trainer.state.fn == TrainerFn.VALIDATING and self.on_validate):
             return
-        # The trainer's own grad-free context (no_grad inside fit, inference mode under validate()):
-        # what the model keeps from these forward passes must stay usable by training.
-        with isolated_rng(pl_module.device), keep_no_grad():
+        with isolated_rng(pl_module.device):
             result = self._explain(trainer, pl_module)
             self._log(trainer, pl_module, result)
 
@@ -324,25 +324,16 @@ class PAMICallback(Callback):
             return text_batch_to_sample(batch if self.batch_to_sample is default_batch_to_sample else self.batch_to_sample(batch))
         return default_batch_to_sample(self.batch_to_sample(batch))
 
-    def _predict(self, images: Tensor, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-1 prediction, score of the explained class and the explained class of each image ``[m]``."""
+    def _predict(self, images: Batch, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-1 prediction, score of the explained class and the explained class of each sample ``[m]``."""
         assert self.explainer is not None
-        explainer = self.explainer
         if self.target == "label" and labels is None:
             raise ValueError('PAMICallback(target="label") needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
-        n = batch_len(images)
-        if n == 0:
-            empty = torch.zeros(0, dtype=torch.long, device=main_tensor(images).device)
-            return empty, empty.float(), empty
-        with grad_free(), eval_mode(explainer.model):
-            # The engine's forward (preprocess, autocast) on copies: an in-place preprocess or model
-            # would otherwise rewrite the samples before they are explained and scored.
-            chunks = [take(images, i, i + explainer.batch_size) for i in range(0, n, explainer.batch_size)]
-            outputs = torch.cat([explainer._forward(_copy(x)) for x in chunks])
-            preds = top1(outputs)
-            targets = labels.to(preds.device) if self.target == "label" and labels is not None else preds
-            confidence = explainer.score_fn(outputs, targets).float()
-        return preds, confidence, targets
+        given = labels.to(main_tensor(images).device) if self.target == "label" and labels is not None else None
+        # On copies of the samples: an in-place preprocess or model must not rewrite them before they
+        # are explained and scored.
+        clean = self.explainer.call.clean(images, given)
+        return clean.pred, clean.score, clean.target
 
     def _gather(self, trainer: "pl.Trainer", size: int, maps: Tensor, ints: Tensor, floats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """All ranks' shards in sample order; shards are padded to ``size`` rows, marked by id -1."""

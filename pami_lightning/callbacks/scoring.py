@@ -9,14 +9,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ..forward import ModelCall
 from ..metrics import Deletion, Insertion
 from ..metrics.functional import energy_pointing_game, pointing_game
-from ..scores import OutputSpec
 
 __all__ = ["METRICS", "MASK_METRICS", "Scorer"]
 
@@ -30,31 +30,16 @@ class Scorer:
 
     Args:
         names: metrics to compute, a subset of :data:`METRICS`.
-        model: the explained model (called by insertion / deletion).
-        preprocess: the explainer's ``preprocess``.
-        output: the explainer's ``output``.
-        batch_size: forward batch size of insertion / deletion.
+        call: the explainer's model call (model, preprocess, output, batch size, grad mode), which
+            insertion / deletion run.
         tolerance: pointing game tolerance in pixels (0: the point must lie inside the mask).
     """
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        model: Callable[[Tensor], Tensor],
-        preprocess: Optional[Callable[[Tensor], Tensor]],
-        output: OutputSpec,
-        batch_size: int,
-        tolerance: float,
-    ) -> None:
+    def __init__(self, names: Sequence[str], call: ModelCall, tolerance: float) -> None:
         self.names = list(names)
         self.tolerance = tolerance
         self.mask_names = [name for name in MASK_METRICS if name in self.names]
-        causal = dict(preprocess=preprocess, output=output, batch_size=batch_size)
-        self.model_metrics = {
-            name: metric
-            for name, metric in (("insertion", Insertion(model, **causal)), ("deletion", Deletion(model, **causal)))
-            if name in self.names
-        }
+        self.model_metrics = {name: cls(call) for name, cls in (("insertion", Insertion), ("deletion", Deletion)) if name in self.names}
 
     def to(self, device: torch.device) -> "Scorer":
         """Move the metric states (Lightning does not move metrics a callback owns)."""

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .._modes import eval_mode, grad_free
+from ..forward import ModelCall
 from ..maskers import Masker
-from ..scores import OutputSpec, as_target, check_scores, check_target, resolve_output, top1
+from ..scores import OutputSpec, as_target
 from ._utils import check_heatmaps, resize_maps
 
-__all__ = ["TargetLike", "causal_curves"]
+__all__ = ["TargetLike", "causal_curves", "model_call"]
 
 TargetLike = Union[int, Sequence[int], Tensor, None]
 
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integer view of each float dtype
+
+
+def model_call(
+    model: Callable[..., Any] | ModelCall,
+    *,
+    forward: Callable[..., Any] | None = None,
+    preprocess: Callable[[Any], Any] | None = None,
+    output: OutputSpec = "softmax",
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 64,
+) -> ModelCall:
+    """The :class:`~pami_lightning.ModelCall` of a causal metric: ``model`` itself, or one built from the settings.
+
+    As in :class:`~pami_lightning.PAMI`: a ready ``ModelCall`` carries its own ``forward`` /
+    ``preprocess`` / ``output`` / ``autocast_dtype``; only a ``batch_size`` other than the default
+    64 overrides its own.
+    """
+    if isinstance(model, ModelCall):
+        if forward is not None or preprocess is not None or output != "softmax" or autocast_dtype is not None:
+            raise ValueError("model is a ModelCall: set forward / preprocess / output / autocast_dtype on it, not on the metric")
+        return model if batch_size == 64 else model.replace(batch_size=batch_size)
+    return ModelCall(model, forward=forward, preprocess=preprocess, output=output, autocast_dtype=autocast_dtype, batch_size=batch_size)
 
 
 def _thresholds(hw: int, step: int, n_steps: int | None) -> Tensor:
@@ -29,18 +51,15 @@ def _thresholds(hw: int, step: int, n_steps: int | None) -> Tensor:
 
 def causal_curves(
     kind: Literal["insertion", "deletion"],
-    model: Callable[[Tensor], Tensor],
+    call: ModelCall,
     images: Tensor,
     heatmaps: Tensor,
     target: TargetLike,
     step: int,
     n_steps: int | None,
     substrate: Masker,
-    preprocess: Callable[[Tensor], Tensor] | None,
-    output: OutputSpec,
-    batch_size: int,
 ) -> Tensor:
-    """RISE curves ``[B, n + 1]`` (float32), every point of every image in full forward batches."""
+    """RISE curves ``[B, n + 1]`` (float32), every point of every image in full batches of ``call.batch_size``."""
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be floating-point [B, C, H, W] (pixel space, before preprocess); got {got}")
@@ -48,7 +67,6 @@ def causal_curves(
     b, c, h, w = images.shape
     if heatmaps.shape[0] != b:
         raise ValueError(f"images and heatmaps must hold the same number of samples; got {b} and {heatmaps.shape[0]}")
-    score_fn = resolve_output(output)
     given = None if target is None else as_target(target, b, images.device, noun="image")
     thresholds = _thresholds(h * w, step, n_steps).to(images.device)
     points = thresholds.numel()
@@ -57,19 +75,14 @@ def causal_curves(
     order = maps.sort(dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=images.device).expand(b, -1))
 
-    def forward(x: Tensor) -> Tensor:
-        return model(preprocess(x) if preprocess is not None else x)
-
-    total = b * points
+    total, batch_size = b * points, call.batch_size
     if total == 0:
         return torch.zeros(0, points, device=images.device)
-    with grad_free(), eval_mode(model):
+    with call.running():
         blurred = substrate.substrate(images)
         start, finish = (blurred, images) if kind == "insertion" else (images, blurred)
-        if given is None:  # RISE: the clean image's top-1 class (on copies: a model may edit its input in place)
-            targets = torch.cat([top1(forward(images[i : i + batch_size].clone())) for i in range(0, b, batch_size)])
-        else:
-            targets = given
+        # RISE: the clean image's top-1 class (on copies: a model may edit its input in place).
+        targets = given if given is not None else call.clean(images).pred
         targets = targets.repeat_interleave(points)  # one per step image, in the flat order
         curves = torch.empty(total, dtype=torch.float32, device=images.device)
         buffer = torch.empty(min(batch_size, total), c, h, w, dtype=images.dtype, device=images.device)
@@ -89,14 +102,12 @@ def causal_curves(
                 torch.bitwise_and(flip[i], take.view(-1, 1, h, w), out=out)
                 out.bitwise_xor_(start_bits[i])
                 k = end
-            outputs = forward(buffer[: hi - lo])
-            if lo == 0 and given is not None:
-                check_target(score_fn, outputs, given.cpu())
-            scores = score_fn(outputs, targets[lo:hi])
-            check_scores(scores, hi - lo, "image")
-            curves[lo:hi] = scores
+            outputs = call(buffer[: hi - lo])
+            if lo == 0:
+                call.check_outputs(outputs, None if given is None else given.cpu())
+            curves[lo:hi] = call.score(outputs, targets[lo:hi], noun="image")
     # A clone made outside inference mode is an ordinary tensor (usable in metric states).
     curves = curves.view(b, points).clone()
     if not bool(torch.isfinite(curves).all()):
-        raise ValueError("the model's scores were NaN or inf on some insertion/deletion steps; check the model and preprocess")
+        raise ValueError("the model's scores were NaN or inf on some insertion/deletion steps; check the model, preprocess and autocast_dtype")
     return curves

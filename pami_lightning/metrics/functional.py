@@ -13,9 +13,10 @@ from typing import Any, Callable, Literal, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..forward import ModelCall
 from ..maskers import Blur, Constant, Masker, as_masker
 from ..scores import OutputSpec
-from ._causal import TargetLike, causal_curves
+from ._causal import TargetLike, causal_curves, model_call
 from ._utils import check_heatmaps, resize_maps
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
 Average = Literal["macro", "micro", "none"]
 MasksLike = Union[Tensor, Sequence[Tensor]]
 SubstrateLike = Union[Masker, Callable[[Tensor], Tensor], None]
+ModelLike = Union[Callable[..., Any], ModelCall]
 
 
 # ---------------------------------------------------------------------------------------- boxes
@@ -297,7 +299,7 @@ def _check_causal_args(step: int, n_steps: int | None, batch_size: int) -> None:
 
 
 def insertion_curves(
-    model: Callable[[Tensor], Tensor],
+    model: ModelLike,
     images: Tensor,
     heatmaps: Tensor,
     target: TargetLike = None,
@@ -308,6 +310,8 @@ def insertion_curves(
     preprocess: Callable[[Tensor], Tensor] | None = None,
     output: OutputSpec = "softmax",
     batch_size: int = 64,
+    forward: Callable[..., Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """RISE insertion curves: pixels of ``images`` restored onto ``substrate(images)``, most salient first.
 
@@ -318,8 +322,10 @@ def insertion_curves(
     ``ceil(i * H * W / n_steps)`` pixels (a documented option; RISE has only ``step``).
 
     Args:
-        model: ``nn.Module`` or callable, ``[N, C, H, W] -> outputs``; run in eval mode under
-            ``torch.inference_mode()``, its modes restored afterwards.
+        model: the ``nn.Module`` scored, ``[N, C, H, W] -> outputs``, or a ready
+            :class:`~pami_lightning.ModelCall` (then leave ``preprocess`` / ``output`` / ``forward`` /
+            ``autocast_dtype`` unset); run in eval mode under ``torch.inference_mode()``, its modes
+            restored afterwards. A pure function goes through ``ModelCall(fn, modules=())``.
         images: ``[B, C, H, W]`` float images in pixel space (masking happens before ``preprocess``).
         heatmaps: ``[B, h, w]`` saliency, resized (bilinear) to ``H x W`` when needed.
         target: class scored per image: None (default: the clean image's top-1, as RISE), an int,
@@ -330,17 +336,22 @@ def insertion_curves(
         preprocess: applied to each batch before the model, e.g. mean/std normalisation.
         output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
         batch_size: images per forward call; points of several images share a batch (default 64).
+        forward: adapter ``forward(model, x)`` for other calling conventions, e.g.
+            ``lambda m, x: m(pixel_values=x).logits`` (default: ``model(x)``).
+        autocast_dtype: run the model under ``torch.autocast`` with ``torch.bfloat16`` /
+            ``torch.float16`` (default: none); scores are float32.
 
     Returns:
         float32 curves ``[B, n + 1]``.
     """
     _check_causal_args(step, n_steps, batch_size)
     masker = as_masker(substrate if substrate is not None else Blur(11, 5))
-    return causal_curves("insertion", model, images, heatmaps, target, step, n_steps, masker, preprocess, output, batch_size)
+    call = model_call(model, forward=forward, preprocess=preprocess, output=output, autocast_dtype=autocast_dtype, batch_size=batch_size)
+    return causal_curves("insertion", call, images, heatmaps, target, step, n_steps, masker)
 
 
 def deletion_curves(
-    model: Callable[[Tensor], Tensor],
+    model: ModelLike,
     images: Tensor,
     heatmaps: Tensor,
     target: TargetLike = None,
@@ -351,6 +362,8 @@ def deletion_curves(
     preprocess: Callable[[Tensor], Tensor] | None = None,
     output: OutputSpec = "softmax",
     batch_size: int = 64,
+    forward: Callable[..., Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """RISE deletion curves: pixels of ``images`` replaced by ``substrate(images)``, most salient first.
 
@@ -359,8 +372,9 @@ def deletion_curves(
 
     Example:
         >>> import torch
+        >>> from pami_lightning import ModelCall
         >>> from pami_lightning.metrics.functional import deletion_curves
-        >>> model = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
+        >>> model = ModelCall(lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1), modules=())
         >>> images = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
         >>> heatmaps = torch.tensor([[[0.1, 0.4], [0.3, 0.2]]])
         >>> deletion_curves(model, images, heatmaps, step=1).round(decimals=4)
@@ -368,7 +382,8 @@ def deletion_curves(
     """
     _check_causal_args(step, n_steps, batch_size)
     masker = as_masker(substrate if substrate is not None else Constant(0.0))
-    return causal_curves("deletion", model, images, heatmaps, target, step, n_steps, masker, preprocess, output, batch_size)
+    call = model_call(model, forward=forward, preprocess=preprocess, output=output, autocast_dtype=autocast_dtype, batch_size=batch_size)
+    return causal_curves("deletion", call, images, heatmaps, target, step, n_steps, masker)
 
 
 def curve_auc(curves: Tensor) -> Tensor:
@@ -385,11 +400,11 @@ def curve_auc(curves: Tensor) -> Tensor:
     return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / (curves.shape[-1] - 1)
 
 
-def insertion(model: Callable[[Tensor], Tensor], images: Tensor, heatmaps: Tensor, target: TargetLike = None, **kwargs: Any) -> Tensor:
+def insertion(model: ModelLike, images: Tensor, heatmaps: Tensor, target: TargetLike = None, **kwargs: Any) -> Tensor:
     """Mean insertion AUC of ``images`` (float32 scalar); keyword arguments as :func:`insertion_curves`."""
     return curve_auc(insertion_curves(model, images, heatmaps, target, **kwargs)).mean()
 
 
-def deletion(model: Callable[[Tensor], Tensor], images: Tensor, heatmaps: Tensor, target: TargetLike = None, **kwargs: Any) -> Tensor:
+def deletion(model: ModelLike, images: Tensor, heatmaps: Tensor, target: TargetLike = None, **kwargs: Any) -> Tensor:
     """Mean deletion AUC of ``images`` (float32 scalar, lower is better); keyword arguments as :func:`deletion_curves`."""
     return curve_auc(deletion_curves(model, images, heatmaps, target, **kwargs)).mean()

@@ -10,16 +10,17 @@ from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE, plot_curve
 
+from ..forward import ModelCall
 from ..maskers import Blur, Constant, Masker, as_masker
-from ..scores import OutputSpec, resolve_output
-from ._causal import TargetLike, causal_curves
+from ..scores import OutputSpec
+from ._causal import TargetLike, causal_curves, model_call
 from .functional import _check_causal_args, curve_auc
 
 __all__ = ["Insertion", "Deletion"]
 
 
 class _Shared:
-    """Holds a callable outside ``nn.Module`` registration (so a model's weights stay out of the
+    """Holds the model call outside ``nn.Module`` registration (so a model's weights stay out of the
     metric's ``state_dict`` and ``.to()``); copies of the metric share it rather than copy it."""
 
     __slots__ = ("obj",)
@@ -46,24 +47,24 @@ class _CausalMetric(Metric):
 
     def __init__(
         self,
-        model: Callable[[Tensor], Any],
+        model: Callable[..., Any] | ModelCall,
         step: int = 224,
         n_steps: int | None = None,
         substrate: Masker | Callable[[Tensor], Tensor] | None = None,
         preprocess: Callable[[Tensor], Tensor] | None = None,
         output: OutputSpec = "softmax",
         batch_size: int = 64,
+        *,
+        forward: Callable[..., Any] | None = None,
+        autocast_dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not callable(model):
-            raise TypeError(f"model must be an nn.Module or a callable images -> outputs; got {type(model).__name__}")
         _check_causal_args(step, n_steps, batch_size)
-        resolve_output(output)  # fail at construction, not after the first forward passes
-        self._model, self._preprocess = _Shared(model), _Shared(preprocess)
-        self.step, self.n_steps, self.batch_size = int(step), n_steps, int(batch_size)
+        call = model_call(model, forward=forward, preprocess=preprocess, output=output, autocast_dtype=autocast_dtype, batch_size=batch_size)
+        self._call = _Shared(call)
+        self.step, self.n_steps = int(step), n_steps
         self.substrate = as_masker(substrate if substrate is not None else self._default_substrate())
-        self.output = output
         # float32 per-image values summed in float64: sums stay exact in any order, so DDP shards
         # of any sizes reproduce the single-process result.
         self.add_state("auc_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -76,14 +77,29 @@ class _CausalMetric(Metric):
         raise NotImplementedError
 
     @property
-    def model(self) -> Callable[[Tensor], Any]:
-        """The explained model (not a registered submodule)."""
-        return self._model.obj
+    def call(self) -> ModelCall:
+        """How the model is called (preprocess, autocast, eval mode, score); not a registered submodule."""
+        return self._call.obj
 
     @property
-    def preprocess(self) -> Callable[[Tensor], Tensor] | None:
+    def model(self) -> Callable[..., Any]:
+        """The explained model (not a registered submodule)."""
+        return self.call.model
+
+    @property
+    def preprocess(self) -> Callable[[Any], Any] | None:
         """Applied to each batch of step images before the model (not a registered submodule)."""
-        return self._preprocess.obj
+        return self.call.preprocess
+
+    @property
+    def output(self) -> OutputSpec:
+        """What is scored: a built-in name or a callable."""
+        return self.call.output
+
+    @property
+    def batch_size(self) -> int:
+        """Step images per forward call."""
+        return self.call.batch_size
 
     def update(self, images: Tensor, heatmaps: Tensor, target: TargetLike = None) -> None:
         """Run the curves of a batch of images and add their AUCs.
@@ -94,10 +110,7 @@ class _CausalMetric(Metric):
             target: class scored per image: None (default: the clean image's top-1, as RISE),
                 an int, or ``[B]``.
         """
-        curves = causal_curves(
-            self._kind, self.model, images, heatmaps, target, self.step, self.n_steps,
-            self.substrate, self.preprocess, self.output, self.batch_size,
-        )
+        curves = causal_curves(self._kind, self.call, images, heatmaps, target, self.step, self.n_steps, self.substrate)
         if self.curve_sum.ndim == 1 and self.curve_sum.numel() != curves.shape[1]:
             raise ValueError(
                 f"these {list(images.shape[2:])} images give curves of {curves.shape[1]} points but earlier ones gave "
@@ -150,13 +163,17 @@ class _CausalMetric(Metric):
 _ARGS_DOC = """
     Every point of every image goes through the model in full batches of ``batch_size`` (points of
     several images share a batch; the step images are built with one comparison of each pixel's
-    saliency rank per point), under ``torch.inference_mode()`` with the model in eval mode (each
-    submodule's mode is restored). The model is not registered as a submodule: its weights stay out
-    of the metric's ``state_dict``. States are sums (AUCs, image count, curves), so DDP ranks with
-    different numbers of images give exactly the single-process result.
+    saliency rank per point) through a :class:`~pami_lightning.ModelCall`: under
+    ``torch.inference_mode()`` with the model in eval mode (each submodule's mode is restored). The
+    model is not registered as a submodule: its weights stay out of the metric's ``state_dict``.
+    States are sums (AUCs, image count, curves), so DDP ranks with different numbers of images give
+    exactly the single-process result.
 
     Args:
-        model: ``nn.Module`` or callable ``[N, C, H, W] -> outputs`` (``[N, K]`` for the built-in outputs).
+        model: the ``nn.Module`` scored, ``[N, C, H, W] -> outputs`` (``[N, K]`` for the built-in
+            outputs), or a ready :class:`~pami_lightning.ModelCall` (e.g. an explainer's
+            ``PAMI.call``; then leave ``preprocess`` / ``output`` / ``forward`` / ``autocast_dtype``
+            unset). A pure function without modules goes through ``ModelCall(fn, modules=())``.
         step: pixels per step (default 224: 224 steps on 224x224 images, as RISE).
         n_steps: when given, replaces ``step``: exactly ``n_steps + 1`` points, point ``i`` holding
             ``ceil(i * H * W / n_steps)`` pixels — one curve length for every image size.
@@ -165,6 +182,10 @@ _ARGS_DOC = """
         output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
         batch_size: images per forward call (default 64). On a CPU, a small model can run faster
             with smaller batches (its activations then stay in cache).
+        forward: adapter ``forward(model, x)`` for other calling conventions, e.g.
+            ``lambda m, x: m(pixel_values=x).logits`` (default: ``model(x)``).
+        autocast_dtype: run the model under ``torch.autocast`` with ``torch.bfloat16`` /
+            ``torch.float16`` (default: none); scores are float32.
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
 """
 
@@ -183,10 +204,10 @@ class Insertion(_CausalMetric):
         + """
     Example:
         >>> import torch
-        >>> from pami_lightning import Constant
+        >>> from pami_lightning import Constant, ModelCall
         >>> from pami_lightning.metrics import Insertion
-        >>> model = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
-        >>> metric = Insertion(model, step=1, substrate=Constant(0.0))
+        >>> logits = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
+        >>> metric = Insertion(ModelCall(logits, modules=()), step=1, substrate=Constant(0.0))  # a pure function
         >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
         >>> round(metric.compute().item(), 5)
         0.50736
@@ -214,9 +235,10 @@ class Deletion(_CausalMetric):
         + """
     Example:
         >>> import torch
+        >>> from pami_lightning import ModelCall
         >>> from pami_lightning.metrics import Deletion
-        >>> model = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
-        >>> metric = Deletion(model, step=1)
+        >>> logits = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
+        >>> metric = Deletion(ModelCall(logits, modules=()), step=1)
         >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
         >>> round(metric.compute().item(), 5)
         0.49264

@@ -221,8 +221,8 @@ class Superpixels(Partition):
     spatial_dims = 2
 
     def __init__(self, settings: Sequence[Setting], *, cache_mb: float = 128) -> None:
-        if not cache_mb >= 0:
-            raise ValueError(f"cache_mb must be >= 0 (0 disables the label cache); got {cache_mb}")
+        if not 0 <= cache_mb < float("inf"):
+            raise ValueError(f"cache_mb must be a finite number >= 0 (0 disables the label cache); got {cache_mb}")
         self.cache_mb = float(cache_mb)
         self._cache = _LabelCache(int(self.cache_mb * 2**20))
         if isinstance(settings, (str, tuple)) or callable(settings):
