@@ -390,7 +390,8 @@ def methods_of(s: Setup, args: argparse.Namespace) -> list[Method]:
         warm_partition = make_partition(spec, stride=coarse) if args.fast else loop_partition
         out.append(Method("loop", lambda: loop_explain(s, loop_partition, images), known,
                           warm=lambda: loop_explain(s, warm_partition, warm_images)))
-        if not args.no_captum and captum_version() is not None:
+        # --fast skips Captum on the large cases (80 s per 2048x2048 image on 1 CPU thread).
+        if not args.no_captum and not (args.fast and spec.large) and captum_version() is not None:
             window = spec.window
             warm_window = (window[0], coarse) if args.fast and coarse else window
             out.append(Method("captum", lambda: captum_explain(s, images, window), lambda t: t.hooked,
@@ -552,7 +553,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
     if s.spec.window is None:
         captum_cell = "n/a"
     elif captum is None:
-        captum_cell = "skipped" if args.no_captum else "n/a (not installed)"
+        captum_cell = "skipped" if (args.no_captum or args.fast) else "n/a (not installed)"
     else:
         captum_cell = fmt(captum.ratios)
     notes = [f"{per_image:.0f} passes/image", f"raw {raw_med:.0f} inputs/s", f"batch {s.batch_size}", threads]
@@ -591,9 +592,12 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
             if m.rates:
                 extra.append(f"{m.name} {1 / statistics.median(m.rates) / copy:.2f}")
         extra.append(f"raw forward alone {1 / raw_med / copy:.2f}")
+        if "engine" in by_name and by_name["engine"].rates:
+            extra.append(f"engine - raw {(1 / statistics.median(by_name['engine'].rates) - 1 / raw_med) / copy:.2f}")
         batch_bytes = s.batch_size * nbytes
         peaks = []
-        for method in ("engine", "loop"):
+        # --fast probes the engine only: the loop's probe repeats a whole loop call (and ~12 batches of memory).
+        for method in ("engine",) if args.fast else ("engine", "loop"):
             if method in by_name and not by_name[method].error:
                 probe = measure_memory(name, method, args)
                 if probe is not None:

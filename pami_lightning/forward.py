@@ -10,6 +10,8 @@ grad mode (``torch.inference_mode()`` or ``torch.no_grad()``) and the score func
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
@@ -107,14 +109,15 @@ class ModelCall:
         self.inference_mode = bool(inference_mode)
         self._looked = False
         if modules is None:
-            found = _modules_of(model)
-            if not found:
+            # A preprocess that is a module (a BatchNorm, a learned normaliser) runs in eval mode too.
+            found = _modules_of(model) + ((preprocess,) if isinstance(preprocess, nn.Module) else ())
+            if not _modules_of(model):
                 warnings.warn(
                     f"the model {model!r} is a plain callable, so its modules cannot be put in eval mode (dropout and "
                     "BatchNorm would run in training mode): pass the nn.Module as model= and the call as "
                     "forward=lambda m, x: ..., or name them with modules=[...] (modules=() if there are none)",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=_user_stacklevel(),
                 )
             self.modules: tuple[nn.Module, ...] = found
         else:
@@ -290,5 +293,14 @@ def _warn_if_probabilities(outputs: Tensor) -> None:
             'the model\'s outputs look like probabilities already (every row is >= 0 and sums to 1), and output="softmax" '
             'would apply softmax again; pass output="identity" to explain the probabilities as they are',
             UserWarning,
-            stacklevel=6,
+            stacklevel=_user_stacklevel(),
         )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package: warnings point at the user's line."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

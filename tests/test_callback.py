@@ -265,11 +265,25 @@ def test_runs_under_the_trainers_precision(tmp_path: Any, precision: str) -> Non
 def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
     model = TinyNet()
     calls = []
-    explainer = PAMI(lambda x: (calls.append(len(x)), model(x))[1], partition=SlidingWindow(radius=8, stride=8), batch_size=16)
+    explainer = PAMI(model, forward=lambda m, x: (calls.append(len(x)), m(x))[1], partition=SlidingWindow(radius=8, stride=8), batch_size=16)
     tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game"])], max_epochs=1)
     tr.fit(model, *loaders())
     # 2 clean forwards + 2 images x 16 windows in full batches of 16.
     assert calls == [2, 16, 16]
+    assert explainer.call.inference_mode  # the callback ran a copy under fit's no_grad; the user's explainer is untouched
+
+
+def test_dict_outputs_with_a_callable_output(tmp_path: Any) -> None:
+    # The clean predictions are scored per chunk, so outputs that cannot be concatenated work.
+    model = TinyNet()
+
+    def probability(outputs: dict, target: torch.Tensor) -> torch.Tensor:
+        return outputs["logits"].softmax(1).gather(1, target[:, None])[:, 0]
+
+    explainer = PAMI(model, forward=lambda m, x: {"logits": m(x)}, output=probability, partition=SlidingWindow(radius=8, stride=8))
+    tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game", "insertion"])], max_epochs=1)
+    tr.fit(model, *loaders())
+    assert set(scores(tr)) == {"pami/pointing_game", "pami/insertion"} and all(np.isfinite(v) for v in scores(tr).values())
 
 
 # ---------------------------------------------------------------------------------------- LightningCLI

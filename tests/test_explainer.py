@@ -1,4 +1,7 @@
-"""The PAMI engine: known answers, Eq. 1 against a plain loop, batching invariance, modes, errors."""
+"""The PAMI engine: known answers, Eq. 1 against a plain loop, batching invariance, autograd, errors.
+
+How the model is called (eval and grad mode, autocast, copies, dict inputs) is tested once, in test_forward.py.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MEAN, STD, BoxModel, box_image, make_cnn, normalize, random_images
-from pami_lightning import PAMI, REFERENCE_SHIFTS, Blur, Constant, SlidingWindow, Superpixels
+from conftest import BoxModel, box_image, make_cnn, normalize, random_images
+from pami_lightning import PAMI, REFERENCE_SHIFTS, Blur, Constant, ModelCall, SlidingWindow, Superpixels
 
 ROWS, COLS = slice(20, 52), slice(50, 82)  # the box BoxModel looks at, in a 96x96 image
 
@@ -197,51 +200,7 @@ def test_map_of_an_image_depends_neither_on_batch_size_nor_on_its_companions(cnn
     assert (maps[1][0] - maps[1][1]).abs().max() > 1e-3
 
 
-# ---------------------------------------------------------------------------- (4) modes and autograd
-
-
-class Recorder(nn.Module):
-    """Records the training flag it had during each forward call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[bool] = []
-
-    def forward(self, x):
-        self.seen.append(self.training)
-        return x
-
-
-def test_eval_during_the_call_and_every_submodule_mode_restored():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), Recorder(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    model.train()
-    model[1].eval()  # e.g. a frozen BatchNorm the user keeps in eval while the rest trains
-    before = [m.training for m in model.modules()]
-    PAMI(model, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(2, 16))
-    assert model[2].seen and not any(model[2].seen), "the model must run in eval mode"
-    assert [m.training for m in model.modules()] == before
-    assert model.training and not model[1].training
-
-
-def test_batchnorm_and_dropout_run_in_eval():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.9), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
-    stats = model[1].running_mean.clone(), model[1].running_var.clone(), int(model[1].num_batches_tracked)
-    explainer = PAMI(model, SlidingWindow(4, 4), Constant(0.0))
-    x = random_images(1, 16)
-    a, b = explainer.explain(x, target=1), explainer.explain(x, target=1)
-    torch.testing.assert_close(a, b, atol=0, rtol=0)  # Dropout(0.9) in train mode would make them differ
-    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
-    assert int(model[1].num_batches_tracked) == stats[2]
-    assert model.training
-
-
-def test_a_bound_method_of_a_module_runs_its_module_in_eval():
-    # PAMI(model.forward) must not run BatchNorm in train mode (noisy map, running stats overwritten).
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
-    stats = model[1].running_mean.clone()
-    PAMI(model.forward, SlidingWindow(4, 4), Constant(0.0)).explain(random_images(1, 16))
-    assert torch.equal(model[1].running_mean, stats) and model.training
+# ---------------------------------------------------------------------------- (4) autograd
 
 
 def test_no_autograd_graph_and_editable_result(cnn):
@@ -253,30 +212,6 @@ def test_no_autograd_graph_and_editable_result(cnn):
     heat += 1  # an inference-mode tensor would refuse this
     heat[0, 0, 0] = 0
     assert heat[0, 0, 0] == 0
-
-
-def test_autocast_bfloat16_on_cpu_is_close_to_float32(cnn):
-    x = random_images(2, 24, seed=11)
-    part = SlidingWindow(5, 4)
-    full = PAMI(cnn, part, Blur(11, 5), preprocess=normalize).explain(x, target=[0, 1])
-    half = PAMI(cnn, part, Blur(11, 5), preprocess=normalize, autocast_dtype=torch.bfloat16).explain(x, target=[0, 1])
-    assert half.dtype == torch.float32
-    assert 0 < (half - full).abs().max() < 0.05  # > 0: the forward passes really ran in bfloat16
-    assert torch.corrcoef(torch.stack([half.flatten(), full.flatten()]))[0, 1] > 0.95
-
-
-def test_in_place_preprocess_leaves_the_inputs_and_the_map_alone(cnn):
-    # torchvision's Normalize(inplace=True) and the like must not corrupt the user's images (or the
-    # masked inputs later built from them).
-    def normalize_in_place(x):
-        return x.sub_(MEAN).div_(STD)
-
-    x = random_images(2, 16, seed=15)
-    before = x.clone()
-    part = SlidingWindow(4, 4)
-    in_place = PAMI(cnn, part, Blur(11, 5), preprocess=normalize_in_place).explain(x)
-    assert torch.equal(x, before)
-    torch.testing.assert_close(in_place, PAMI(cnn, part, Blur(11, 5), preprocess=normalize).explain(x), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------- (5) bad inputs
@@ -311,7 +246,7 @@ def test_outputs_not_n_by_k(output):
     def model(x):  # [N, 2, 2]: e.g. a segmentation head
         return x.mean(dim=(2, 3))[:, :2, None].expand(-1, 2, 2)
 
-    explainer = PAMI(model, SlidingWindow(4, 8), Constant(0.0), output=output)
+    explainer = PAMI(ModelCall(model, output=output, modules=()), SlidingWindow(4, 8), Constant(0.0))
     with pytest.raises(ValueError, match=rf'output="{output}" needs model outputs \[N, num_classes\]; got \[\d+, 2, 2\]'):
         explainer.explain(random_images(1, 16), target=0)
     with pytest.raises(ValueError, match=r"target=None explains the top-1 class, which needs outputs \[N, K\]"):
@@ -327,7 +262,7 @@ def test_nan_or_inf_scores(bad, output):
 
     images = torch.cat([random_images(1, 16), torch.zeros(1, 3, 16, 16)])  # only input 0 goes bad
     with pytest.raises(ValueError, match=r"scores were NaN or inf for \d+ masked inputs \(inputs \[0\]\)"):
-        PAMI(model, SlidingWindow(4, 4), Constant(0.0), output=output).explain(images, target=0)
+        PAMI(ModelCall(model, output=output, modules=()), SlidingWindow(4, 4), Constant(0.0)).explain(images, target=0)
 
 
 def test_segmenter_with_a_wrong_label_map_fails_in_explain(cnn):

@@ -1,6 +1,7 @@
 """Insertion / deletion: metrics.md's worked vectors, a plain one-forward-per-step RISE loop as the
-reference, full batches, model hygiene (modes, inference mode, state_dict), errors, and a known-answer
-model explained with PAMI."""
+reference, full batches, the model kept out of the state_dict, errors, and a known-answer model
+explained with PAMI. How the model is called (eval and inference mode, autocast, copies against an
+in-place preprocess) is tested once, in test_forward.py."""
 
 from __future__ import annotations
 
@@ -18,16 +19,19 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from conftest import MEAN, STD, make_cnn, normalize, random_images
-from pami_lightning import PAMI, Blur, Constant, SlidingWindow
+from conftest import make_cnn, normalize, random_images
+from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
 from pami_lightning.metrics import Deletion, Insertion, PointingGame, boxes_to_mask
 from pami_lightning.metrics.functional import curve_auc, deletion, deletion_curves, insertion, insertion_curves
 
 
-def sum_model(x: torch.Tensor) -> torch.Tensor:
+def sum_logits(x: torch.Tensor) -> torch.Tensor:
     """metrics.md's end-to-end model: logits [sum(x) - 5, 0]."""
     s = x.flatten(1).sum(1)
     return torch.stack([s - 5, torch.zeros_like(s)], dim=1)
+
+
+sum_model = ModelCall(sum_logits, modules=())  # a pure function: no module to put in eval mode
 
 
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
@@ -62,15 +66,15 @@ def rise_curve(model, start, finish, saliency, step, target, preprocess=None) ->
 
 
 class Recorder(nn.Module):
-    """Wraps a model and records each call's batch size, mode and inference-mode flag."""
+    """Wraps a model and records each call's batch size."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.calls: list[tuple[int, bool, bool]] = []
+        self.calls: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.append((x.shape[0], self.training or self.inner.training, torch.is_inference_mode_enabled()))
+        self.calls.append(x.shape[0])
         return self.inner(x)
 
 
@@ -142,17 +146,7 @@ def test_points_of_several_images_share_full_batches_and_results_do_not_depend_o
     got = insertion_curves(model, images, heatmaps, step=5, batch_size=7)
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
     # One call for the clean images' top-1, then 90 step images as 12 full batches of 7 and a rest of 6.
-    assert [n for n, _, _ in model.calls] == [3] + [7] * 12 + [6]
-
-
-def test_model_runs_in_eval_and_inference_mode_and_modes_are_restored():
-    model = Recorder(make_cnn()).train()
-    model.inner[0].eval()  # a frozen submodule must stay in eval mode
-    metric = Insertion(model, step=40)
-    with torch.enable_grad():
-        metric.update(random_images(2, 12), torch.rand(2, 12, 12))
-    assert model.calls and all(not training and inference for _, training, inference in model.calls)
-    assert model.training and model.inner.training and not model.inner[0].training and model.inner[2].training
+    assert model.calls == [3] + [7] * 12 + [6]
 
 
 def test_model_is_not_a_submodule_and_copies_share_it():
@@ -172,7 +166,7 @@ def test_forward_runs_the_model_once_per_point_and_accumulates():
     images, heatmaps = random_images(4, 12, seed=5), torch.rand(4, 12, 12)
     metric = Deletion(model, step=16, batch_size=64)
     batch_value = metric(images[:2], heatmaps[:2])
-    assert sum(n for n, _, _ in model.calls) == 2 + 2 * 10  # top-1, then 10 points per image: no second update()
+    assert sum(model.calls) == 2 + 2 * 10  # top-1, then 10 points per image: no second update()
     metric(images[2:], heatmaps[2:])
     whole = Deletion(model, step=16)
     whole.update(images, heatmaps)
@@ -186,15 +180,15 @@ def test_forward_runs_the_model_once_per_point_and_accumulates():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_step_and_n_steps_count_pixels_exactly(dtype):
     # The model counts the pixels still present; deleting onto zeros leaves H*W - threshold(i).
-    count = lambda x: x.flatten(1).float().sum(1)  # noqa: E731
+    count = ModelCall(lambda x: x.flatten(1).float().sum(1), output="identity", modules=())
     ones, sal = torch.ones(1, 1, 3, 5, dtype=dtype), torch.rand(1, 3, 5)
-    by_step = deletion_curves(count, ones, sal, step=4, output="identity")[0]
+    by_step = deletion_curves(count, ones, sal, step=4)[0]
     assert by_step.tolist() == [15, 11, 7, 3, 0]  # ceil(15 / 4) = 4 steps, the last one partial
-    by_n = deletion_curves(count, ones, sal, n_steps=4, output="identity")[0]
+    by_n = deletion_curves(count, ones, sal, n_steps=4)[0]
     assert by_n.tolist() == [15 - math.ceil(i * 15 / 4) for i in range(5)]  # [15, 11, 7, 3, 0]
-    assert deletion_curves(count, ones, sal, n_steps=6, output="identity").shape == (1, 7)
+    assert deletion_curves(count, ones, sal, n_steps=6).shape == (1, 7)
     # n_steps: one curve length for images of any size
-    metric = Deletion(count, n_steps=6, output="identity")
+    metric = Deletion(count, n_steps=6)
     metric.update(torch.ones(1, 1, 3, 5), torch.rand(1, 3, 5))
     metric.update(torch.ones(1, 1, 8, 8), torch.rand(1, 8, 8))
     assert metric.curve()[1].shape == (7,)
@@ -210,16 +204,6 @@ def test_heatmaps_are_resized_and_targets_can_be_given():
     torch.testing.assert_close(by_int, deletion_curves(model, images, big, [3, 3], step=9))
     want = rise_curve(model, images[1], torch.zeros(3, 12, 12), big[1], 9, 3)
     torch.testing.assert_close(by_int[1], want, atol=1e-5, rtol=0)
-
-
-def test_an_in_place_preprocess_changes_neither_the_images_nor_the_curves():
-    model, images, heatmaps = make_cnn(), random_images(2, 12, seed=7), torch.rand(2, 12, 12)
-    kept = images.clone()
-    want = insertion_curves(model, images, heatmaps, step=9, preprocess=normalize)
-    in_place = lambda x: x.sub_(MEAN).div_(STD)  # noqa: E731
-    got = insertion_curves(model, images, heatmaps, step=9, preprocess=in_place)
-    assert torch.equal(images, kept)
-    torch.testing.assert_close(got, want)
 
 
 def test_insertion_and_deletion_errors():

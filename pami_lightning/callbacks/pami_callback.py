@@ -72,8 +72,10 @@ class PAMICallback(Callback):
             be pixel-space images in ``[0, 1]``.
         output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
         batch_size: masked images per forward call (default 64).
-        explainer: a ready :class:`~pami_lightning.PAMI` used as is (its model is called), instead of
-            ``partition`` / ``masker`` / ``preprocess`` / ``output`` / ``batch_size``.
+        explainer: a ready :class:`~pami_lightning.PAMI` whose settings and model call
+            (``explainer.call``: model, ``forward``, preprocess, output, autocast) are used, instead
+            of ``partition`` / ``masker`` / ``preprocess`` / ``output`` / ``batch_size``. The callback
+            runs a copy whose model calls keep the trainer's ``no_grad``; the given one is unchanged.
         dataloader_idx: which validation dataloader the samples come from (default 0).
         target: explain each sample's ``"label"`` (default) or the model's ``"pred"`` (top-1).
         every_n_val_epochs: explain every n-th validation run (default 1: all). The keys are logged
