@@ -257,7 +257,7 @@ def loop_explain(s: Setup, partition: Any, images: Tensor) -> Tensor:
     masker = Blur()
     maps = []
     with torch.inference_mode():
-        for img, t in zip(images, s.targets):
+        for img, t in zip(images, s.targets, strict=True):
             masks = partition.masks(img)  # [J, H, W] bool, all of them
             substrate = masker.substrate(img[None])[0]
             flat = masks.flatten(1)
@@ -282,13 +282,35 @@ def captum_explain(s: Setup, images: Tensor, window: tuple[int, int]) -> None:
     occlusion = Occlusion(lambda z: s.forward(z).float().softmax(dim=1))
     masker = Blur()
     with torch.inference_mode():
-        for img, t in zip(images, s.targets):
+        for img, t in zip(images, s.targets, strict=True):
             occlusion.attribute(img[None], sliding_window_shapes=(3, width, width), strides=(3, stride, stride),
                                 baselines=masker.substrate(img[None]), target=t, perturbations_per_eval=s.batch_size)
 
 
+def sample_masks(spec: CaseSpec, img: Tensor, n: int) -> Tensor:
+    """``n`` of the case's part masks (bool ``[n, H, W]``), spread evenly over the parts of ``img``."""
+    if spec.window is None:
+        masks = Superpixels.paper().masks(img.cpu()).to(img.device)
+        return masks[torch.linspace(0, masks.shape[0] - 1, n).round().long()]
+    # Windows built here, not with partition.masks(): that would hold all J masks (GBs at 2048x2048).
+    radius, stride = spec.window
+    axis = torch.arange(0, spec.size, stride, device=img.device)
+    cy, cx = torch.meshgrid(axis, axis, indexing="ij")
+    pick = torch.linspace(0, cy.numel() - 1, n, device=img.device).round().long()
+    cy, cx = cy.flatten()[pick].view(-1, 1, 1), cx.flatten()[pick].view(-1, 1, 1)
+    coord = torch.arange(spec.size, device=img.device)
+    return (coord.view(1, -1, 1) - cy) ** 2 + (coord.view(1, 1, -1) - cx) ** 2 <= radius**2
+
+
 def raw_forward(s: Setup) -> Callable[[], None]:
-    x = s.images[:1].expand(s.batch_size, -1, -1, -1).contiguous()
+    """One forward batch of real masked inputs (the image outside one part blurred), built once.
+
+    Real masked inputs, not ``batch_size`` copies of one image: max-pooling CNNs run a batch of
+    identical images measurably faster (branch prediction in ``max_pool2d``), which would make the
+    raw figure optimistic.
+    """
+    img = s.images[0]
+    x = torch.where(sample_masks(s.spec, img, s.batch_size)[:, None], img, Blur().substrate(img[None])[0]).contiguous()
 
     def run() -> None:
         with torch.inference_mode():
@@ -302,6 +324,15 @@ class Timing:
     seconds: float
     calls: int
     hooked: int  # inputs the model saw
+    faults: int = 0  # minor page faults (Linux/macOS getrusage; 0 elsewhere)
+
+
+def minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def timed(s: Setup, fn: Callable[[], Any], min_seconds: float, min_calls: int = 1) -> Timing:
@@ -326,16 +357,18 @@ def paired(s: Setup, fn: Callable[[], Any], raw: Callable[[], None], raw_batches
     method, base = Timing(0.0, 0, 0), Timing(0.0, 0, 0)
     while method.seconds < min_seconds or base.seconds < min_seconds or method.calls == 0:
         sync(s.device)
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         for _ in range(raw_batches):
             raw()
         sync(s.device)
         base.seconds += time.perf_counter() - start
+        base.faults += minor_faults() - faults
         base.calls += raw_batches
-        seen, start = s.counter.n, time.perf_counter()
+        seen, faults, start = s.counter.n, minor_faults(), time.perf_counter()
         fn()
         sync(s.device)
         method.seconds += time.perf_counter() - start
+        method.faults += minor_faults() - faults
         method.calls += 1
         method.hooked += s.counter.n - seen
     return method, base
@@ -369,12 +402,16 @@ class Method:
     ratios: list[float] = field(default_factory=list)  # rate / raw rate of the same round
     seconds: list[float] = field(default_factory=list)  # seconds per call
     calls_per_round: int = 0
+    faults: list[float] = field(default_factory=list)  # minor page faults per input
     error: str | None = None
 
 
 def methods_of(s: Setup, args: argparse.Namespace) -> list[Method]:
     spec, images = s.spec, s.images
-    known = lambda t: t.calls * s.passes
+
+    def known(t: Timing) -> int:
+        return t.calls * s.passes
+
     warm_images = images[:1]
     # A coarse grid of ~2 batches of windows warms kernels and code paths cheaply (--fast).
     coarse = None
@@ -439,10 +476,13 @@ def memory_probe(case: str, method: str, args: argparse.Namespace) -> dict[str, 
     images = s.images
     if method == "engine":
         explainer = PAMI(s.model, partition=make_partition(s.spec), **s.pami_kwargs)
-        call: Callable[[], Any] = lambda: explainer.explain(images, target=s.targets)
+        partition = None
     else:
-        partition = make_partition(s.spec)
-        call = lambda: loop_explain(s, partition, images)
+        explainer, partition = None, make_partition(s.spec)
+
+    def call() -> Any:
+        return explainer.explain(images, target=s.targets) if explainer is not None else loop_explain(s, partition, images)
+
     if s.device.type == "cuda":
         sync(s.device)
         torch.cuda.reset_peak_memory_stats(s.device)
@@ -511,7 +551,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
         try:
             if m.warm is not None:
                 m.warm()
-        except Exception as exc:  # noqa: BLE001 -- whatever a method raises is reported, the others still run
+        except Exception as exc:  # whatever a method raises is reported; the others still run
             m.error = f"{type(exc).__name__}: {exc}"
     # Raw batches per call: as many inputs as the call's masked inputs (--fast: at most ~1 s of them).
     warm = timed(s, raw, min(0.5, min_seconds), min_calls=2)
@@ -519,6 +559,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
     if args.fast:
         raw_batches = max(2, min(raw_batches, int(1.0 / (warm.seconds / warm.calls))))
     raw_rates: list[float] = []
+    raw_faults: list[float] = []
     copies: list[float] = []
     for _ in range(args.repeat):
         if s.spec.large:
@@ -528,7 +569,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
                 continue  # --fast: a method whose round took over FAST_ROUND_SECONDS runs one round
             try:
                 t, r = paired(s, m.run, raw, raw_batches, min_seconds)
-            except Exception as exc:  # noqa: BLE001 -- as above
+            except Exception as exc:  # as above
                 m.error = f"{type(exc).__name__}: {exc}"
                 continue
             raw_rate = r.calls * s.batch_size / r.seconds
@@ -538,6 +579,8 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
             m.ratios.append(rate / raw_rate)
             m.seconds.append(t.seconds / t.calls)
             m.calls_per_round = t.calls
+            m.faults.append(t.faults / max(1, m.passes(t)))
+            raw_faults.append(r.faults / (r.calls * s.batch_size))
             if m.name.startswith("engine") and t.hooked and t.hooked != t.calls * s.passes:
                 note = f"{m.name} ran {t.hooked / t.calls:.0f} forward inputs per call for {s.passes} masked inputs"
                 if note not in s.notes:
@@ -553,7 +596,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
     if s.spec.window is None:
         captum_cell = "n/a"
     elif captum is None:
-        captum_cell = "skipped" if (args.no_captum or args.fast) else "n/a (not installed)"
+        captum_cell = "skipped" if (args.no_captum or (args.fast and s.spec.large)) else "n/a (not installed)"
     else:
         captum_cell = fmt(captum.ratios)
     notes = [f"{per_image:.0f} passes/image", f"raw {raw_med:.0f} inputs/s", f"batch {s.batch_size}", threads]
@@ -577,11 +620,12 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
         line = (f"{name}: engine/raw {engine_cell}  loop/raw {fmt(by_name['loop'].ratios)}  captum/raw {captum_cell}  "
                 f"({', '.join(notes)})")
 
-    details = [f"  rounds: raw inputs/s {' '.join(f'{r:.0f}' for r in raw_rates)}"]
+    details = [f"  rounds: raw inputs/s {' '.join(f'{r:.0f}' for r in raw_rates)}; "
+               f"{statistics.median(raw_faults) if raw_faults else 0:.0f} minor page faults per input"]
     for m in methods:
         if m.ratios:
             details.append(f"  {m.name}: ratios {' '.join(f'{r:.2f}' for r in m.ratios)}; {statistics.median(m.seconds):.3f} s per call "
-                           f"({statistics.median(m.seconds) / n_images:.3f} s/image)")
+                           f"({statistics.median(m.seconds) / n_images:.3f} s/image); {statistics.median(m.faults):.0f} minor page faults per input")
 
     if s.spec.large:
         copy = statistics.median(copies)
@@ -606,7 +650,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
         copies_text = f"copies/input: {', '.join(extra)} (goal engine <= 3)"
         peak_text = f"peak extra memory in batches of {batch_bytes / 1e6:.0f} MB: {', '.join(peaks) or 'n/a'}"
         line += f"\n  {copies_text}; {unit}\n  {peak_text}"
-        notes = [copies_text, unit, peak_text] + notes
+        notes = [copies_text, unit, peak_text, *notes]
     notes += s.notes
     print(line)
     print("\n".join(details))
@@ -673,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.cases:
         try:
             results.append(run_case(name, args))
-        except Exception as exc:  # noqa: BLE001 -- one broken case must not hide the others
+        except Exception as exc:  # one broken case must not hide the others
             print(f"{name}: failed: {type(exc).__name__}: {exc}")
             results.append(Result(name, "", ("failed", "failed", "failed", f"{type(exc).__name__}: {exc}")))
         sys.stdout.flush()

@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from train_shapes import CLASSES, ShapeNet, format_scores, make_callback, make_shapes, make_trainer, training_parser
 
-from pami_lightning.callbacks import Sample
+from pami_lightning.callbacks import Pictures, Sample
 
 #: Side of the logo, in pixels; it sits in the image's bottom-right corner.
 LOGO = 12
@@ -116,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     val_loaders = [DataLoader(stamp(val, logos), batch_size=128) for logos in (val.tensors[1], random_logos)]
     callbacks = [
         make_callback(),  # explains the first validation loader: the leaky split
-        make_callback(key_prefix="pami_watermark", batch_to_sample=watermark_sample, metrics=["pointing_game"], log_images=False),
+        make_callback(key_prefix="pami_watermark", batch_to_sample=watermark_sample, metrics=["pointing_game"], pictures=Pictures(enabled=False)),
     ]
     logger = TensorBoardLogger(args.log_dir, name="clever_hans")
     trainer = make_trainer(args.fast, args.max_epochs, callbacks, logger)

@@ -11,7 +11,8 @@ boundaries a partition reads) are never passed to it.
 
 from __future__ import annotations
 
-from typing import Mapping, Union
+from collections.abc import Mapping
+from typing import Union, cast
 
 import torch
 from torch import Tensor
@@ -73,16 +74,18 @@ def blend(x: Batch, substrate: Batch, masks: Tensor, lead: int, out: Batch | Non
         lead: number of axes before the spatial ones (1 for the channel axis of ``[C, *spatial]``).
         out: a batch of ``n`` inputs to write into (default: new tensors).
     """
+    # ``substrate`` and ``out`` are the same kind as ``x`` (a tensor, or a dict of tensors).
     if not isinstance(x, Mapping):
-        return _where(x, substrate, masks, lead, out)  # type: ignore[arg-type]
+        return _where(x, cast(Tensor, substrate), masks, lead, cast("Tensor | None", out))
+    subs, outs = cast("Mapping[str, Tensor]", substrate), cast("Mapping[str, Tensor] | None", out)
     result = {}
     for key, value in x.items():
-        if out is None and key in META_KEYS:
+        if outs is None and key in META_KEYS:
             continue
-        if out is not None and key not in out:
+        if outs is not None and key not in outs:
             continue
-        sub = substrate[key]  # type: ignore[index]
-        target = out[key] if out is not None else None
+        sub = subs[key]
+        target = outs[key] if outs is not None else None
         if sub is value:
             # Untouched by the masker: a broadcast copy (or the tensor itself when not batching).
             result[key] = target.copy_(value.expand_as(target)) if target is not None else value

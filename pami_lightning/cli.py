@@ -15,9 +15,10 @@ import os
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily so that --help and flag errors answer at once
     from torch import Tensor, nn
@@ -175,7 +176,7 @@ def _not_a_checkpoint(path: Path, exc: Exception) -> str:
     return _one_line(exc)
 
 
-def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, Any]) -> "nn.Module":
+def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, Any]) -> nn.Module:
     """Build ``cls`` with the weights of ``checkpoint`` on ``device``, in eval mode.
 
     A LightningModule goes through ``cls.load_from_checkpoint``; any other ``nn.Module`` is built as
@@ -216,7 +217,7 @@ def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, An
     return model.to(device).eval()
 
 
-def read_image(path: Path, size: Sequence[int] | None = None) -> "Tensor":
+def read_image(path: Path, size: Sequence[int] | None = None) -> Tensor:
     """An image file as RGB ``[1, 3, H, W]`` float32 in ``[0, 1]`` (resized to ``size = (H, W)`` if given)."""
     import numpy as np
     import torch
@@ -236,7 +237,7 @@ def read_image(path: Path, size: Sequence[int] | None = None) -> "Tensor":
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def _preprocess(args: argparse.Namespace) -> Callable[["Tensor"], "Tensor"] | None:
+def _preprocess(args: argparse.Namespace) -> Callable[[Tensor], Tensor] | None:
     """Mean/std normalisation of masked images, or None."""
     import torch
 
@@ -284,7 +285,7 @@ def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
     return init_args
 
 
-def _planned_passes(partition: "Partition", spatial: Sequence[int], top1: bool, second_run: bool) -> str:
+def _planned_passes(partition: Partition, spatial: Sequence[int], top1: bool, second_run: bool) -> str:
     """What the run will cost, said before it starts: a large image can take an hour on a CPU."""
     from . import SlidingWindow, Superpixels
 
@@ -319,6 +320,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         raise CLIError(f"--device {device}: CUDA is not available here; use --device cpu")
     model = load_model(load_class(args.module), args.checkpoint, device, init_args)
 
+    partition: Partition
     if args.strategy == "sliding":
         partition = SlidingWindow(radius=40 if args.radius is None else args.radius, stride=args.stride or 6, shape=args.shape or "circle")
     else:

@@ -14,9 +14,10 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -217,4 +218,4 @@ class _Run:
 
 
 def _rows(batch: Batch) -> int:
-    return next(iter(batch.values())).shape[0] if isinstance(batch, dict) else batch.shape[0]
+    return next(iter(batch.values())).shape[0] if isinstance(batch, Mapping) else batch.shape[0]

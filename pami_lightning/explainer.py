@@ -9,8 +9,9 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, Union, overload
+from typing import Any, Literal, Union, overload
 
 import torch
 from torch import Tensor
@@ -30,8 +31,9 @@ TargetSpec = Union[int, Sequence[int], Tensor, None]
 
 #: The reference code's shift augmentation: identity plus circular shifts of 36, 30 and 24 pixels
 #: up, down, left and right (13 views).
-REFERENCE_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
-    s for d in (36, 30, 24) for s in ((d, 0), (-d, 0), (0, d), (0, -d))
+REFERENCE_SHIFTS: tuple[tuple[int, int], ...] = (
+    (0, 0),
+    *(s for d in (36, 30, 24) for s in ((d, 0), (-d, 0), (0, d), (0, -d))),
 )
 
 
@@ -280,7 +282,7 @@ class PAMI:
                 if keep is not None:
                     # Positions no part covers (padding, special tokens) reach every masked input unchanged.
                     substrate = index(blend(x, substrate, keep.unsqueeze(0), self._lead), 0)
-                diff = x - substrate if isinstance(x, Tensor) and x.dtype in (torch.float32, torch.float64) else None
+                diff = x - substrate if isinstance(x, Tensor) and isinstance(substrate, Tensor) and x.dtype in (torch.float32, torch.float64) else None
                 yield View(b, shift, Source(x, substrate, diff, self._lead), targets[b], groups)
 
 

@@ -13,8 +13,9 @@ import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -125,12 +126,12 @@ class ModelCall:
                 raise TypeError("modules must be nn.Module instances")
             self.modules = tuple(modules)
 
-    def replace(self, **changes: Any) -> "ModelCall":
+    def replace(self, **changes: Any) -> ModelCall:
         """A copy with some arguments changed, e.g. ``call.replace(inference_mode=False)``."""
-        args = dict(
-            forward=self.forward, preprocess=self.preprocess, output=self.output, autocast_dtype=self.autocast_dtype,
-            batch_size=self.batch_size, inference_mode=self.inference_mode, modules=self.modules,
-        )
+        args: dict[str, Any] = {
+            "forward": self.forward, "preprocess": self.preprocess, "output": self.output, "autocast_dtype": self.autocast_dtype,
+            "batch_size": self.batch_size, "inference_mode": self.inference_mode, "modules": self.modules,
+        }
         unknown = set(changes) - set(args) - {"model"}
         if unknown:
             raise TypeError(f"ModelCall.replace() got unknown arguments {sorted(unknown)}")

@@ -8,7 +8,8 @@ engine then keeps the preserved part of the input and takes everything else from
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,11 +28,13 @@ class Masker(ABC):
     #: True when the masker fills token sequences ``[B, L]`` (a tensor of ids or a dict).
     for_tokens: bool = False
 
+    # Any: the engine passes whatever inputs it explains (a tensor, or a dict for token maskers);
+    # check_input rejects the kinds a masker cannot fill, and image maskers narrow to Tensor.
     @abstractmethod
-    def substrate(self, x: Tensor) -> Tensor:
+    def substrate(self, x: Any) -> Any:
         """Args: x: inputs ``[B, C, *spatial]``. Returns: a tensor of the same shape and dtype."""
 
-    def check_input(self, inputs: Any) -> None:
+    def check_input(self, inputs: Any) -> None:  # noqa: B027 (an optional hook: the default accepts everything)
         """Raise a ValueError naming the fix when the masker cannot fill ``inputs`` (default: accept)."""
 
 

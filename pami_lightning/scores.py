@@ -20,7 +20,8 @@ Recipes (any task whose outputs give one number per masked input):
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Literal, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
@@ -130,10 +131,11 @@ def caption_word_score(position: int) -> ScoreFn:
         >>> import torch
         >>> from pami_lightning import PAMI, SlidingWindow, Constant, caption_word_score
         >>> caption = torch.tensor([[0, 5, 9]])  # <bos> a dog
-        >>> def captioner(images, tokens):  # any model: [N, 3, H, W], [N, T] -> [N, T, V]
-        ...     return images.mean(dim=(1, 2, 3))[:, None, None] * torch.ones(len(images), 3, 12)
-        >>> explainer = PAMI(lambda images: captioner(images, caption.expand(len(images), -1)),
-        ...                  SlidingWindow(radius=4, stride=4), Constant(0.0), output=caption_word_score(position=1))
+        >>> class Captioner(torch.nn.Module):  # any model: [N, 3, H, W], [N, T] -> [N, T, V]
+        ...     def forward(self, images, tokens):
+        ...         return images.mean(dim=(1, 2, 3))[:, None, None] * torch.ones(len(images), 3, 12)
+        >>> explainer = PAMI(Captioner(), SlidingWindow(radius=4, stride=4), Constant(0.0), output=caption_word_score(position=1),
+        ...                  forward=lambda m, images: m(images, caption.expand(len(images), -1)))
         >>> explainer.explain(torch.rand(1, 3, 16, 16), target=9).shape  # where is "dog" (id 9) seen?
         torch.Size([1, 16, 16])
     """

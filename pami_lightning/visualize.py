@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -167,7 +167,7 @@ def highlight_tokens(
     spans = [
         f'<span title="{value:.4g}" style="background-color: #{c[0]:02x}{c[1]:02x}{c[2]:02x}; color: {_text_colour(c)}; '
         f'padding: 1px 3px; border-radius: 3px">{html.escape(str(token))}</span>'
-        for token, value, c in zip(tokens, values, rgba)
+        for token, value, c in zip(tokens, values, rgba, strict=True)
     ]
     return '<div class="pami-tokens" style="line-height: 2; font-family: sans-serif">' + " ".join(spans) + "</div>"
 
@@ -209,7 +209,7 @@ def highlight_tokens_image(
     from matplotlib.font_manager import FontProperties
     from matplotlib.patches import Rectangle
 
-    values, rgba = _token_colours(tokens, scores, cmap, vmin, vmax)
+    _, rgba = _token_colours(tokens, scores, cmap, vmin, vmax)
     dpi, prop = 100, FontProperties(size=fontsize)
     fig = Figure(figsize=(width / dpi, 1), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(fig)
@@ -228,7 +228,7 @@ def highlight_tokens_image(
         x += w + 2 * pad + gap
     height = int(np.ceil(2 * margin + (row + 1) * line - gap))
     fig.set_size_inches(width / dpi, height / dpi)
-    for token, (w, _, _), (x, r), c in zip(tokens, sizes, places, rgba):
+    for token, (w, _, _), (x, r), c in zip(tokens, sizes, places, rgba, strict=True):
         baseline = height - margin - r * line - pad - ascent
         box = Rectangle((x / width, (baseline - descent - pad) / height), (w + 2 * pad) / width, (ascent + descent + 2 * pad) / height,
                         transform=fig.transFigure, facecolor=c / 255, edgecolor="none")

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pami_lightning.callbacks import Pictures
+
 from callback_helpers import TinyNet, callback, loaders, read_tensorboard, read_wandb_history, scores, trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
@@ -84,7 +86,7 @@ def _check_wandb(tmp_path: Any, final: dict[str, float], steps: list[int]) -> No
     (last_table,) = [r["pami/table/path"] for r in rows if "pami/table/path" in r][-1:]
     with open(os.path.join(run, "files", last_table)) as f:
         table = json.load(f)
-    assert table["columns"][:6] == ["sample", "validation", "epoch", "label", "prediction", "confidence"]
+    assert table["columns"][:7] == ["sample", "validation", "epoch", "label", "prediction", "p_target", "p_pred"]
     assert len(table["data"]) == 4 * len(steps)  # sample x validation
 
 
@@ -126,14 +128,14 @@ def test_csv_logger_gets_scalars_pngs_and_maps(tmp_path: Any) -> None:
     arrays = np.load(os.path.join(folders[-1], "maps.npz"))
     assert np.array_equal(arrays["maps"], cb._history.last_maps.numpy())
     assert arrays["indices"].tolist() == [3, 9, 15, 21]
-    assert set(arrays) >= {"labels", "predictions", "targets", "confidence", "pointing_game", "energy_pointing_game", "stability"}
+    assert set(arrays) >= {"labels", "predictions", "targets", "p_target", "p_pred", "pointing_game", "energy_pointing_game", "stability"}
     with Image.open(os.path.join(folders[-1], "overlays.png")) as image:
         assert image.size == GRID[::-1]
 
 
 def test_log_images_off_keeps_scores_and_maps(tmp_path: Any) -> None:
     logger = CSVLogger(tmp_path, name="csv")
-    tr, _ = _fit(tmp_path, logger, epochs=1, log_images=False, max_images=2)
+    tr, _ = _fit(tmp_path, logger, epochs=1, pictures=Pictures(enabled=False, max_images=2))
     (folder,) = glob.glob(os.path.join(logger.log_dir, "pami", "step_*"))
     assert os.listdir(folder) == ["maps.npz"]
     assert "pami/insertion" in tr.callback_metrics

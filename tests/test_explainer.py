@@ -405,3 +405,10 @@ def test_targets_of_every_form_agree_with_the_insertion_metric():
         assert torch.equal(insertion_curves(model, x, want, target=target, step=16), curves)
 
 
+
+
+def test_masked_input_buffer_is_sized_by_the_work(cnn):
+    # 64 passes with batch_size=10**8: a buffer of batch_size images would be 1.2 TB.
+    x = random_images(1, 32, seed=5)
+    huge = PAMI(cnn, SlidingWindow(4, 4), Constant(0.0), batch_size=10**8).explain(x, target=1)
+    torch.testing.assert_close(huge, PAMI(cnn, SlidingWindow(4, 4), Constant(0.0)).explain(x, target=1), atol=1e-6, rtol=0)

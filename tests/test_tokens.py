@@ -7,19 +7,23 @@ import pytest
 import torch
 from torch import nn
 
-from pami_lightning import PAMI, AttentionMask, Blur, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score, word_ids_from_tokens
+from pami_lightning import PAMI, AttentionMask, ModelCall, Blur, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score, word_ids_from_tokens
 from pami_lightning.visualize import highlight_tokens, highlight_tokens_image
 
 PAD, MASK, KEY = 0, 1, 7
 
 
-def key_token_model(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def _key_token_model(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Known answer: logits [4 * (KEY attended) - 2, 0]; nothing but token KEY matters."""
     seen = input_ids == KEY
     if attention_mask is not None:
         seen &= attention_mask.bool()
     p = seen.any(dim=1).float()
     return torch.stack([4 * p - 2, torch.zeros_like(p)], dim=1)
+
+
+#: A pure function: no module to put in eval mode (modules=() says so and silences the warning).
+key_token_model = ModelCall(_key_token_model, modules=())
 
 
 class BagModel(nn.Module):
@@ -140,7 +144,7 @@ def test_tensor_ids_with_pad_id_match_the_dict_with_attention_mask():
     model = BagModel().eval()
     x = sequences([4, 7], seed=3)
     as_dict = PAMI(model, TokenWindows(3), TokenMask(MASK)).explain(x, target=1)
-    as_ids = PAMI(lambda ids: model(ids), TokenWindows(3, pad_id=PAD), TokenMask(MASK)).explain(x["input_ids"], target=1)
+    as_ids = PAMI(model, TokenWindows(3, pad_id=PAD), TokenMask(MASK), forward=lambda m, ids: m(ids)).explain(x["input_ids"], target=1)
     torch.testing.assert_close(as_dict, as_ids, atol=1e-6, rtol=0)
 
 
@@ -180,8 +184,8 @@ def test_captioning_recipe_finds_the_region_of_the_explained_word(word, position
     for rows, cols in ToyCaptioner.REGIONS.values():
         image[:, :, rows, cols] = 0.9
     caption = torch.tensor([[0, 2, 3, 5, 4]])  # <bos> a dog and ball, fed with teacher forcing
-    explainer = PAMI(lambda x: captioner(x, caption.expand(len(x), -1)), SlidingWindow(radius=3, stride=2),
-                     Blur(9, 4), output=caption_word_score(position))
+    explainer = PAMI(captioner, SlidingWindow(radius=3, stride=2), Blur(9, 4), output=caption_word_score(position),
+                     forward=lambda m, x: m(x, caption.expand(len(x), -1)))
     heat = explainer.explain(image, target=word)[0]
     rows, cols = ToyCaptioner.REGIONS[word]
     inside = torch.zeros(32, 32, dtype=torch.bool)

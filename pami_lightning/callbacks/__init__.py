@@ -1,6 +1,7 @@
 """Lightning integration: explanations computed, scored and logged during training."""
 
 from .pami_callback import PAMICallback
+from .pictures import Pictures
 from .samples import Sample, default_batch_to_sample
 
-__all__ = ["PAMICallback", "Sample", "default_batch_to_sample"]
+__all__ = ["PAMICallback", "Pictures", "Sample", "default_batch_to_sample"]

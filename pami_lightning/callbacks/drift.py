@@ -68,7 +68,7 @@ class DriftHistory:
         self.indices, self.last_maps = list(indices), maps.clone()
         thumb = _thumbnail(maps).unsqueeze(1)
         self.thumbnails = thumb if self.thumbnails is None else torch.cat([self.thumbnails, thumb], dim=1)[:, -MAX_COLUMNS:]
-        self.columns = (self.columns + [count])[-MAX_COLUMNS:]
+        self.columns = [*self.columns, count][-MAX_COLUMNS:]
         self.rows.extend(rows)
 
     def timeline(self, indices: list[int], maps: Tensor) -> Tensor:

@@ -20,8 +20,9 @@ Call :func:`dispatch` on global rank zero only: it writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
@@ -72,8 +73,8 @@ def dispatch(loggers: Sequence[Logger], report: Report) -> None:
             _to_tensorboard(logger, report)
         elif isinstance(logger, WandbLogger):
             _to_wandb(logger, report)
-        elif getattr(logger, "log_dir", None):
-            _to_files(logger.log_dir, report)
+        elif log_dir := getattr(logger, "log_dir", None):
+            _to_files(log_dir, report)
 
 
 def _to_tensorboard(logger: TensorBoardLogger, report: Report) -> None:
@@ -81,7 +82,7 @@ def _to_tensorboard(logger: TensorBoardLogger, report: Report) -> None:
     for tag, image in ((f"{report.prefix}/overlays", report.grid), (f"{report.prefix}/timeline", report.timeline)):
         if image is not None:
             writer.add_image(tag, image, global_step=report.step, dataformats="CHW")
-    for name, image in zip(report.names, _per_sample_images(report)):
+    for name, image in zip(report.names, _per_sample_images(report), strict=False):  # no pictures when images are off
         writer.add_image(f"{report.prefix}/{name}", image, global_step=report.step, dataformats="CHW")
 
 
@@ -97,7 +98,8 @@ def _to_wandb(logger: WandbLogger, report: Report) -> None:
     if report.token_html is not None:
         import wandb
 
-        logger.log_metrics({f"{report.prefix}/{name}": wandb.Html(page) for name, page in zip(report.names, report.token_html)}, step=report.step)
+        # log_metrics is annotated Mapping[str, float], but WandbLogger passes any W&B value on (its own log_image sends wandb.Image lists).
+        logger.log_metrics({f"{report.prefix}/{name}": wandb.Html(page) for name, page in zip(report.names, report.token_html, strict=True)}, step=report.step)  # type: ignore[misc]
     if report.table_rows:
         logger.log_table(f"{report.prefix}/table", columns=report.table_columns, data=report.table_rows, step=report.step)
 
@@ -108,9 +110,10 @@ def _to_files(log_dir: str, report: Report) -> None:
     folder = os.path.join(log_dir, report.prefix, f"step_{report.step:06d}")
     os.makedirs(folder, exist_ok=True)
     if report.arrays:
-        np.savez_compressed(os.path.join(folder, "maps.npz"), **report.arrays)
-    pictures = [("overlays", report.grid), ("timeline", report.timeline), *zip(report.names, _per_sample_images(report))]
-    for name, page in zip(report.names, report.token_html or []):
+        # The keys are array names; mypy matches the **-unpacked dict against savez_compressed's allow_pickle: bool too.
+        np.savez_compressed(os.path.join(folder, "maps.npz"), **report.arrays)  # type: ignore[arg-type]
+    pictures = [("overlays", report.grid), ("timeline", report.timeline), *zip(report.names, _per_sample_images(report), strict=False)]  # none when images are off
+    for name, page in zip(report.names, report.token_html or [], strict=False):
         with open(os.path.join(folder, f"{name}.html"), "w", encoding="utf-8") as f:
             f.write(page)
     for name, image in pictures:

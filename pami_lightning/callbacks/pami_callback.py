@@ -9,8 +9,8 @@ logs the scores, heatmap overlays and explanation drift next to the validation m
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -24,16 +24,16 @@ from typing_extensions import override
 
 from .._inputs import Batch, batch_len, main_tensor
 from ..explainer import PAMI
+from ..forward import Clean
 from ..maskers import Masker
 from ..partitions.base import Partition
 from .drift import DriftHistory
 from .logging import dispatch
+from .pictures import Pictures
 from .report import Explained, build_report, table_rows
 from .samples import Sample, default_batch_to_sample, isolated_rng, load_items, pad_to, shard
-from .scoring import MASK_METRICS, METRICS, Scorer
+from .scoring import MASK_METRICS, METRICS, MetricName, Scorer
 from .text import TokensFn, is_text, select_rows, spatial_shape, text_batch_to_sample
-
-MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
 
 class PAMICallback(Callback):
@@ -84,10 +84,8 @@ class PAMICallback(Callback):
             masks), ``"insertion"``, ``"deletion"`` (default: all four).
         pointing_tolerance: pointing game tolerance in pixels (default 15, TorchRay's); 0 means the
             map's maximum must lie inside the mask.
-        log_images: log heatmap overlays and the timeline (default True).
-        max_images: most samples shown in images (default 8).
-        colormap: matplotlib colour map of the overlays (default ``"jet"``).
-        alpha: heatmap weight in the overlays (default 0.5).
+        pictures: what the logged pictures show and how (:class:`~pami_lightning.callbacks.Pictures`:
+            ``enabled``, ``max_images``, ``cmap``, ``alpha``, ``scale``, ``class_names``; default ``Pictures()``).
         key_prefix: prefix of every logged key (default ``"pami"``).
         batch_to_sample: turns a collated validation batch into ``(images, labels, masks)`` or a
             :class:`~pami_lightning.callbacks.Sample`; the default understands ``x``, ``(x, y)``,
@@ -134,10 +132,7 @@ class PAMICallback(Callback):
         every_n_val_epochs: int = 1,
         metrics: Sequence[MetricName] = METRICS,
         pointing_tolerance: float = 15,
-        log_images: bool = True,
-        max_images: int = 8,
-        colormap: str = "jet",
-        alpha: float = 0.5,
+        pictures: Optional[Union[Pictures, Mapping[str, Any]]] = None,
         key_prefix: str = "pami",
         batch_to_sample: Optional[Callable[[Any], Any]] = None,
         on_validate: bool = False,
@@ -165,14 +160,6 @@ class PAMICallback(Callback):
             raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
         if pointing_tolerance < 0:
             raise ValueError(f"pointing_tolerance must be >= 0 pixels; got {pointing_tolerance}")
-        if max_images < 1:
-            raise ValueError(f"max_images must be >= 1; got {max_images}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-        import matplotlib
-
-        if colormap not in matplotlib.colormaps:
-            raise ValueError(f'colormap "{colormap}" is not a matplotlib colour map (e.g. "jet", "viridis", "inferno")')
         if not key_prefix:
             raise ValueError("key_prefix must be a non-empty string")
         if batch_to_sample is not None and not callable(batch_to_sample):
@@ -186,7 +173,7 @@ class PAMICallback(Callback):
         self.dataloader_idx, self.target, self.every_n_val_epochs = dataloader_idx, target, every_n_val_epochs
         self.metrics = list(dict.fromkeys(metrics))
         self.pointing_tolerance = pointing_tolerance
-        self.log_images, self.max_images, self.colormap, self.alpha = log_images, max_images, colormap, alpha
+        self.pictures = Pictures(**pictures) if isinstance(pictures, Mapping) else pictures if pictures is not None else Pictures()
         self.key_prefix = key_prefix
         self.batch_to_sample = batch_to_sample or default_batch_to_sample
         self.on_validate, self.tokens = on_validate, tokens
@@ -205,7 +192,7 @@ class PAMICallback(Callback):
         return self._generate_state_key(key_prefix=self.key_prefix, dataloader_idx=self.dataloader_idx)
 
     @override
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
             raise MisconfigurationException(
                 f"PAMICallback calls the LightningModule directly on each rank, which {type(trainer.strategy).__name__} "
@@ -232,7 +219,7 @@ class PAMICallback(Callback):
             )
 
     @override
-    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if trainer.state.fn == TrainerFn.FITTING:
@@ -256,7 +243,7 @@ class PAMICallback(Callback):
 
     # ------------------------------------------------------------------ the work
 
-    def _explain(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Explained:
+    def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Explained:
         """Explain this rank's shard, gather all shards and score them (every rank, same collectives)."""
         assert self.explainer is not None and self._scorer is not None
         sample = self._samples(trainer, pl_module)
@@ -266,13 +253,14 @@ class PAMICallback(Callback):
         self._scorer.to(pl_module.device)
         # Hooks run outside the precision context; the model must see what validation_step sees.
         with trainer.precision_plugin.forward_context():
-            preds, confidence, targets = self._predict(images, None if sample.labels is None else sample.labels[part])
+            clean = self._predict(images, None if sample.labels is None else sample.labels[part])
+            preds, targets = clean.pred, clean.target
             if batch_len(images):
                 maps = self.explainer.explain(images, target=targets).float()
                 self._scorer.update_shard(images, maps, targets)
             else:  # more ranks than samples: this rank only pads the gather
                 maps = main_tensor(images).new_zeros(0, *spatial_shape(images, self.explainer), dtype=torch.float32)
-        maps, ints, floats = self._gather(trainer, size, maps, torch.stack([preds, targets], 1), confidence[:, None])
+        maps, ints, floats = self._gather(trainer, size, maps, torch.stack([preds, targets], 1), torch.stack([clean.score, clean.pred_score], 1))
         scores = self._scorer.compute_shards()  # a collective: every rank, never behind is_global_zero
         mask_scores, per_sample = self._scorer.score_all(maps, self._masks(sample))
         scores.update(mask_scores)
@@ -280,9 +268,9 @@ class PAMICallback(Callback):
         if stability is not None:
             scores["stability"] = float(stability.mean())
             per_sample["stability"] = stability
-        return Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], scores, per_sample)
+        return Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], floats[:, 1], scores, per_sample)
 
-    def _log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: Explained) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: Explained) -> None:
         for name in [*self.metrics, "stability"]:
             if name in result.scores:
                 # Every rank holds the same value; "max" makes Lightning's distributed sync an exact no-op.
@@ -297,10 +285,7 @@ class PAMICallback(Callback):
                 result=result,
                 rows=rows,
                 history=self._history,
-                log_images=self.log_images,
-                max_images=self.max_images,
-                alpha=self.alpha,
-                colormap=self.colormap,
+                pictures=self.pictures,
                 tokens=self.tokens,
                 text=self._text,
             )
@@ -311,7 +296,7 @@ class PAMICallback(Callback):
         """Maps as the drift history keeps them: token maps ``[n, L]`` as one-row images ``[n, 1, L]``."""
         return maps.unsqueeze(1) if self._text else maps
 
-    def _samples(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Sample:
+    def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Sample:
         """The samples on the device, through the same transfer path as validation batches."""
         if self._batch is None:
             loader = _val_loader(trainer.val_dataloaders, self.dataloader_idx)
@@ -326,18 +311,17 @@ class PAMICallback(Callback):
             return text_batch_to_sample(batch if self.batch_to_sample is default_batch_to_sample else self.batch_to_sample(batch))
         return default_batch_to_sample(self.batch_to_sample(batch))
 
-    def _predict(self, images: Batch, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-1 prediction, score of the explained class and the explained class of each sample ``[m]``."""
+    def _predict(self, images: Batch, labels: Optional[Tensor]) -> Clean:
+        """Top-1 prediction, explained class and the scores of both, per sample ``[m]``."""
         assert self.explainer is not None
         if self.target == "label" and labels is None:
             raise ValueError('PAMICallback(target="label") needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
         given = labels.to(main_tensor(images).device) if self.target == "label" and labels is not None else None
         # On copies of the samples: an in-place preprocess or model must not rewrite them before they
         # are explained and scored.
-        clean = self.explainer.call.clean(images, given)
-        return clean.pred, clean.score, clean.target
+        return self.explainer.call.clean(images, given)
 
-    def _gather(self, trainer: "pl.Trainer", size: int, maps: Tensor, ints: Tensor, floats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _gather(self, trainer: pl.Trainer, size: int, maps: Tensor, ints: Tensor, floats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """All ranks' shards in sample order; shards are padded to ``size`` rows, marked by id -1."""
         ids = torch.arange(ints.shape[0], device=ints.device)
         ints = torch.cat([ids[:, None], ints], 1)

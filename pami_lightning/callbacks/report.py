@@ -12,6 +12,7 @@ from torch import Tensor
 from ..visualize import make_grid, overlay, timeline, to_rgb
 from .drift import DriftHistory
 from .logging import Report
+from .pictures import Pictures
 from .samples import Sample
 from .text import TokensFn, token_pictures
 
@@ -26,7 +27,8 @@ class Explained:
     maps: Tensor  # [n, H, W] float32 ([n, L] for text)
     preds: Tensor  # [n] top-1 class of the clean input
     targets: Tensor  # [n] explained class
-    confidence: Tensor  # [n] score of the explained class on the clean input
+    p_target: Tensor  # [n] score of the explained class on the clean input (e.g. p(label))
+    p_pred: Tensor  # [n] score of the top-1 class on the clean input (p(pred))
     scores: dict[str, float]  # metric name -> value
     per_sample: dict[str, Tensor]  # metric name -> [n] per-sample values (NaN: not counted)
 
@@ -36,8 +38,9 @@ def table_rows(indices: list[int], validation: int, epoch: int, result: Explaine
     labels = result.sample.labels
     rows = []
     for i, index in enumerate(indices):
-        row = {"sample": index, "validation": validation, "epoch": epoch}
-        row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]), confidence=float(result.confidence[i]))
+        row: dict[str, Any] = {"sample": index, "validation": validation, "epoch": epoch}
+        row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]),
+                   p_target=float(result.p_target[i]), p_pred=float(result.p_pred[i]))
         row.update({name: float(values[i]) for name, values in result.per_sample.items()})
         rows.append(row)
     return rows
@@ -50,10 +53,7 @@ def build_report(
     result: Explained,
     rows: list[dict[str, Any]],
     history: DriftHistory,
-    log_images: bool,
-    max_images: int,
-    alpha: float,
-    colormap: str,
+    pictures: Pictures,
     tokens: Optional[TokensFn] = None,
     text: bool = False,
 ) -> Report:
@@ -66,14 +66,12 @@ def build_report(
         result: the gathered explanations.
         rows: this validation's table rows (``history`` holds the earlier ones).
         history: the drift history, not yet updated with ``result``.
-        log_images: draw pictures at all.
-        max_images: most samples drawn.
-        alpha: heatmap weight in the overlays.
-        colormap: a matplotlib colour map name.
+        pictures: what to draw and how.
         tokens: text samples: ids -> token strings.
         text: the samples are token sequences (drawn as highlighted tokens).
     """
-    k = min(max_images, len(indices))
+    log_images, alpha, colormap = pictures.enabled, pictures.alpha, pictures.cmap
+    k = min(pictures.max_images, len(indices))
     report = Report(step=step, prefix=prefix, names=[f"sample_{i}" for i in indices[:k]], captions=[caption(row) for row in rows[:k]])
     maps = result.maps.cpu()
     if log_images and text:
@@ -90,7 +88,8 @@ def build_report(
         "labels": np.full(len(indices), -1) if labels is None else labels.cpu().numpy(),
         "predictions": result.preds.cpu().numpy(),
         "targets": result.targets.cpu().numpy(),
-        "confidence": result.confidence.cpu().numpy(),
+        "p_target": result.p_target.cpu().numpy(),
+        "p_pred": result.p_pred.cpu().numpy(),
         **{name: values.cpu().numpy() for name, values in result.per_sample.items()},
     }
     all_rows = history.rows + rows
@@ -104,7 +103,7 @@ def caption(row: dict[str, Any]) -> str:
     parts = [f"#{row['sample']}"]
     if row["label"] is not None:
         parts.append(f"label {row['label']}")
-    parts.append(f"pred {row['prediction']} (score {row['confidence']:.2f})")
+    parts.append(f"pred {row['prediction']} (p {row['p_pred']:.2f}) · p(target) {row['p_target']:.2f}")
     if "pointing_game" in row and row["pointing_game"] == row["pointing_game"]:  # NaN: not counted
         parts.append("hit" if row["pointing_game"] > 0.5 else "miss")
     if "energy_pointing_game" in row and row["energy_pointing_game"] == row["energy_pointing_game"]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def default_batch_to_sample(batch: Any) -> Sample:
         labels, masks = _first(batch, _LABEL_KEYS), _first(batch, _MASK_KEYS)
         boxes = _first(batch, _BOX_KEYS) if masks is None else None
     elif isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
-        images, labels, masks = (list(batch) + [None, None])[:3]
+        images, labels, masks = [*batch, None, None][:3]
     else:
         raise ValueError(
             f"batch_to_sample: cannot unpack a batch of type {type(batch).__name__}; the default understands x, (x, y), "
@@ -83,7 +83,7 @@ def default_batch_to_sample(batch: Any) -> Sample:
         got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"batch_to_sample: images must be a [B, C, H, W] tensor; got {got}")
     if boxes is not None:
-        masks = _boxes_to_masks(boxes, images.shape[0], tuple(images.shape[-2:]))
+        masks = _boxes_to_masks(boxes, images.shape[0], (images.shape[-2], images.shape[-1]))
     return Sample(images, _as_labels(labels, images.shape[0]), _as_masks(masks, images.shape))
 
 
@@ -146,7 +146,8 @@ def load_items(loader: DataLoader, num_samples: int, sample_indices: Optional[Se
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         if sample_indices is not None:
             raise ValueError("PAMICallback: sample_indices needs a map-style validation dataset; this one is iterable — use num_samples")
-        items = [item for _, item in zip(range(num_samples), dataset)]
+        # Iterable (``__iter__``, or ``__getitem__`` until IndexError); zip stops after the first num_samples.
+        items = [item for _, item in zip(range(num_samples), cast(Iterable[Any], dataset), strict=False)]
         indices = list(range(len(items)))
     else:
         indices = select_indices(len(dataset), num_samples, sample_indices)

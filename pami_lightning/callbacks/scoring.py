@@ -9,20 +9,24 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
 
+from .._inputs import Batch
 from ..forward import ModelCall
 from ..metrics import Deletion, Insertion
 from ..metrics.functional import energy_pointing_game, pointing_game
 
-__all__ = ["METRICS", "MASK_METRICS", "Scorer"]
+__all__ = ["METRICS", "MASK_METRICS", "MetricName", "Scorer"]
 
-MASK_METRICS = ("pointing_game", "energy_pointing_game")
-MODEL_METRICS = ("insertion", "deletion")
-METRICS = MASK_METRICS + MODEL_METRICS
+MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
+
+MASK_METRICS: tuple[MetricName, ...] = ("pointing_game", "energy_pointing_game")
+MODEL_METRICS: tuple[MetricName, ...] = ("insertion", "deletion")
+METRICS: tuple[MetricName, ...] = MASK_METRICS + MODEL_METRICS
 
 
 class Scorer:
@@ -41,14 +45,21 @@ class Scorer:
         self.mask_names = [name for name in MASK_METRICS if name in self.names]
         self.model_metrics = {name: cls(call) for name, cls in (("insertion", Insertion), ("deletion", Deletion)) if name in self.names}
 
-    def to(self, device: torch.device) -> "Scorer":
+    def to(self, device: torch.device) -> Scorer:
         """Move the metric states (Lightning does not move metrics a callback owns)."""
         for metric in self.model_metrics.values():
             metric.to(device)
         return self
 
-    def update_shard(self, images: Tensor, maps: Tensor, targets: Tensor) -> None:
-        """Feed this rank's shard to the model metrics (``images [m, C, H, W]``, ``maps [m, H, W]``)."""
+    def update_shard(self, images: Batch, maps: Tensor, targets: Tensor) -> None:
+        """Feed this rank's shard to the model metrics (``images [m, C, H, W]``, ``maps [m, H, W]``).
+
+        Token samples (ids or a dict) come with no model metrics: the callback asks for none on text.
+        """
+        if not self.model_metrics:
+            return
+        if not isinstance(images, Tensor):
+            raise TypeError(f"{', '.join(self.model_metrics)} need image tensors [m, C, H, W]; got a dict of {sorted(images)}")
         for metric in self.model_metrics.values():
             metric.update(images, maps, target=targets)
 
@@ -70,7 +81,8 @@ class Scorer:
             return {}, {}
         masks = masks.to(maps.device)
         functional = {"pointing_game": lambda m, k: pointing_game(m, k, tolerance=self.tolerance), "energy_pointing_game": energy_pointing_game}
-        scores, per_sample = {}, {}
+        scores: dict[str, float] = {}
+        per_sample: dict[str, Tensor] = {}
         for name in self.mask_names:
             values = torch.stack([functional[name](maps[i : i + 1], masks[i : i + 1]) for i in range(maps.shape[0])]).float().cpu()
             # The metrics' own reduction (float64 sum over counted samples / their count), from the

@@ -7,8 +7,8 @@ its tokens on backgrounds coloured by importance: an image for TensorBoard and f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor

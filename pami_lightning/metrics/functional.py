@@ -8,7 +8,8 @@ every deviation is an explicit, documented option.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor

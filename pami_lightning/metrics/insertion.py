@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -147,7 +148,8 @@ class _CausalMetric(Metric):
             return self._plot(val, ax)
         x, y = self.curve()
         removed = "inserted" if self._kind == "insertion" else "deleted"
-        return plot_curve((x, y), score=self.compute(), ax=ax, label_names=(f"fraction of pixels {removed}", "score"), name=type(self).__name__)
+        # plot_curve reads curve[:2] and accepts (x, y) (its docstring: "2 or 3 elements"), but is annotated for (x, y, thresholds).
+        return plot_curve((x, y), score=self.compute(), ax=ax, label_names=(f"fraction of pixels {removed}", "score"), name=type(self).__name__)  # type: ignore[arg-type]
 
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
         # A rank without images holds a 0-dim curve: give it the others' length so the states stack.

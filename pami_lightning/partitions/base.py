@@ -10,9 +10,10 @@ the device's forward passes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -203,7 +204,9 @@ class Partition(ABC):
             return torch.zeros(0, *spatial, dtype=torch.bool, device=x.device)
         return torch.cat([g.masks() for g in groups])
 
-    def check_input(self, inputs: Tensor, name: str = "inputs", batched: bool = True) -> None:
+    # Any, like keep(): the engine passes any inputs (token partitions take dicts); this default
+    # handles tensors, and PAMI rejects dict inputs for partitions with a channel axis before calling it.
+    def check_input(self, inputs: Any, name: str = "inputs", batched: bool = True) -> None:
         """Raise a ValueError naming the fix when ``inputs`` is not ``[B, C, *spatial]``."""
         axes = {1: "[B, C, T]", 2: "[B, C, H, W]", 3: "[B, C, D, H, W]"}.get(self.spatial_dims, "[B, C, *spatial]")
         want = self.spatial_dims + 2

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -89,7 +90,7 @@ class Pooled(Partition):
         """The members' kept positions (bool ``[*spatial]`` or ``None``), which must agree on ``x``."""
         keeps = [m.keep(x) for m in self.partitions]
         first = keeps[0]
-        for m, k in zip(self.partitions[1:], keeps[1:]):
+        for m, k in zip(self.partitions[1:], keeps[1:], strict=True):
             # None means "nothing kept", the same as an all-False mask.
             same = (k is None or not bool(k.any())) if first is None else (
                 not bool(first.any()) if k is None else torch.equal(first.to(k.device), k))

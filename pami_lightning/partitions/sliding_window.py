@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -98,8 +99,8 @@ class WindowParts(Parts):
             r = self.radius
             self._boxes = [
                 (
-                    tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, n in zip(centre, self.spatial)),
-                    tuple(slice(max(0, c - r) - (c - r), min(n, c + r + 1) - (c - r)) for c, n in zip(centre, self.spatial)),
+                    tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, n in zip(centre, self.spatial, strict=True)),
+                    tuple(slice(max(0, c - r) - (c - r), min(n, c + r + 1) - (c - r)) for c, n in zip(centre, self.spatial, strict=True)),
                 )
                 for centre in self.centres.tolist()
             ]
@@ -164,10 +165,10 @@ class WindowParts(Parts):
             w = math.isqrt(r * r - squared) if self.shape == "circle" else r
             cells, rows = pairs.setdefault(w, ([], []))
             for q, cell in enumerate(itertools.product(*(range(g) for g in self.grid[:-1]))):
-                pixel = [i * s + v for i, v in zip(cell, d)]
-                if all(0 <= p < n for p, n in zip(pixel, lead_spatial)):
+                pixel = [i * s + v for i, v in zip(cell, d, strict=True)]
+                if all(0 <= p < n for p, n in zip(pixel, lead_spatial, strict=True)):
                     row = 0
-                    for p, n in zip(pixel, lead_spatial):
+                    for p, n in zip(pixel, lead_spatial, strict=True):
                         row = row * n + p
                     cells.append(q)
                     rows.append(row)

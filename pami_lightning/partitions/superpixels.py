@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -130,7 +130,10 @@ def colour_guide(maps: Tensor) -> Tensor:
     hi = flat.max(axis=1).reshape(b, 1, 1)
     v = (h - lo) / (hi - lo + 1e-9)
     index = (255 * v).astype(np.uint8)  # v in [0, 1): truncation, as np.uint8(255 * v)
-    table = (255 * np.asarray(matplotlib.colormaps["viridis"].colors, dtype=np.float64)[:, :3]).astype(np.uint8)
+    from matplotlib.colors import ListedColormap
+
+    viridis = cast(ListedColormap, matplotlib.colormaps["viridis"])  # the registry is typed Colormap; viridis is a ListedColormap
+    table = (255 * np.asarray(viridis.colors, dtype=np.float64)[:, :3]).astype(np.uint8)
     rgb = table[index]  # [B, H, W, 3]
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))
 
@@ -226,7 +229,7 @@ class Superpixels(Partition):
         self.cache_mb = float(cache_mb)
         self._cache = _LabelCache(int(self.cache_mb * 2**20))
         if isinstance(settings, (str, tuple)) or callable(settings):
-            settings = [settings]  # type: ignore[list-item]
+            settings = [settings]
         self.settings: list[tuple[Segmenter, dict[str, Any], str]] = []
         for setting in settings:
             segmenter, params = (setting if isinstance(setting, tuple) else (setting, {}))

@@ -9,14 +9,15 @@ importance is 0, so a sequence packed with longer ones gets the same map as alon
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor, Future
-from typing import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .._inputs import IDS_KEY, Batch, main_tensor
-from .base import LabelParts, Partition, Parts
+from .base import LabelParts, Partition, Parts, PartsOrFuture
 
 __all__ = ["TokenPartition", "TokenWindows", "Words", "word_ids_from_tokens"]
 
@@ -59,6 +60,17 @@ class TokenPartition(Partition):
 
     def keep(self, x: Batch) -> Tensor | None:
         return ~self.domain(x)
+
+    @abstractmethod
+    def parts(
+        self,
+        x: Batch,
+        *,
+        guide: Tensor | None = None,
+        device: torch.device | str | None = None,
+        executor: Executor | None = None,
+    ) -> Sequence[PartsOrFuture]:
+        """Groups of parts of one sequence: ids ``[L]`` or a dict of them (token partitions take dicts too)."""
 
     def masks(self, x: Batch, guide: Tensor | None = None) -> Tensor:
         """All parts of one sequence (a tensor ``[L]`` or a dict of them) as bool masks ``[J, L]``.
