@@ -6,7 +6,6 @@ The batching loop lives in :mod:`pami_lightning.engine`; how the model is called
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,17 +23,11 @@ from .partitions.base import Partition, Source
 from .partitions.sliding_window import SlidingWindow
 from .partitions.superpixels import colour_guide
 from .scores import OutputSpec, as_target
+from .shifts import REFERENCE_SHIFTS, as_shifts, roll
 
 __all__ = ["PAMI", "REFERENCE_SHIFTS", "TargetSpec"]
 
 TargetSpec = Union[int, Sequence[int], Tensor, None]
-
-#: The reference code's shift augmentation: identity plus circular shifts of 36, 30 and 24 pixels
-#: up, down, left and right (13 views).
-REFERENCE_SHIFTS: tuple[tuple[int, int], ...] = (
-    (0, 0),
-    *(s for d in (36, 30, 24) for s in ((d, 0), (-d, 0), (0, d), (0, -d))),
-)
 
 
 class PAMI:
@@ -135,7 +128,7 @@ class PAMI:
         if second_run and not self.partition.content_aware:
             raise ValueError(f"second_run=True re-partitions the first map, which needs a content-aware partition such as Superpixels; got {self.partition!r}")
         self.second_run = bool(second_run)
-        self.shifts = _as_shifts(shifts, self.partition)
+        self.shifts = as_shifts(shifts, self.partition)
         self.num_workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1; got {num_workers}")
@@ -231,8 +224,8 @@ class PAMI:
 
         def pool(view: View) -> None:
             if view.heat is not None:
-                heat[view.owner] += _roll(view.heat, view.shift, back=True)
-                cover[view.owner] += _roll(torch.as_tensor(view.cover, dtype=acc, device=device).expand(spatial), view.shift, back=True)
+                heat[view.owner] += roll(view.heat, view.shift, back=True)
+                cover[view.owner] += roll(torch.as_tensor(view.cover, dtype=acc, device=device).expand(spatial), view.shift, back=True)
                 bad[view.owner] += view.bad
 
         def keep_guide(view: View) -> None:
@@ -273,8 +266,8 @@ class PAMI:
             for v, shift in enumerate(shifts):
                 if guides is not None and (b, v) not in guides:
                     continue  # a view without parts has no first map to re-partition
-                x = _roll(index(inputs, b), shift, first=self._lead)
-                seen = _roll(seen_all[b], shift, first=1) if seen_all is not None else x
+                x = roll(index(inputs, b), shift, first=self._lead)
+                seen = roll(seen_all[b], shift, first=1) if seen_all is not None else x
                 guide = guides[b, v] if guides is not None else None
                 groups = self.partition.parts(seen, guide=guide, device=device, executor=executor)
                 substrate = index(self.masker.substrate(to_batch(x)), 0)
@@ -289,41 +282,3 @@ class PAMI:
 def _lookahead(view: View, workers: int) -> int:
     """Views to keep created ahead: enough segmentations queued to keep every worker busy."""
     return max(2, 1 + -(-2 * workers // max(1, len(view.groups))))
-
-
-def _as_shifts(shifts: Sequence[Sequence[int]] | str | None, partition: Partition) -> list[tuple[int, ...]] | None:
-    if shifts is None:
-        return None
-    if isinstance(shifts, str):
-        if shifts != "reference":
-            raise ValueError(f'shifts must be a list of (dy, dx) views or "reference"; got "{shifts}"')
-        shifts = REFERENCE_SHIFTS
-    if not partition.channel_axis:
-        raise ValueError(f"shifts augment images and signals; {partition!r} splits token sequences — pass shifts=None")
-    views = [_as_shift(s) for s in shifts]
-    if not views:
-        raise ValueError("shifts must hold at least one view; use [(0, 0)] (or None) for no augmentation")
-    bad = [s for s in views if len(s) != partition.spatial_dims]
-    if bad:
-        raise ValueError(f"each shift needs {partition.spatial_dims} offsets (one per spatial axis); got {bad[0]}")
-    if len(set(views)) != len(views):
-        raise ValueError(f"shifts must not repeat a view; got {views}")
-    return views
-
-
-def _as_shift(shift: Any) -> tuple[int, ...]:
-    """One view's offsets as ints; refuses what ``int()`` would silently truncate (1.5 -> 1)."""
-    if isinstance(shift, (str, bytes)) or not hasattr(shift, "__iter__"):
-        raise ValueError(f"each shift must be a (dy, dx) pair of pixel offsets; got {shift!r}")
-    values = [v.item() if isinstance(v, Tensor) else v for v in shift]
-    if not all(isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()) for v in values):
-        raise ValueError(f"shifts must be whole numbers of pixels; got {tuple(values)}")
-    return tuple(int(v) for v in values)
-
-
-def _roll(t: Any, shift: Sequence[int], first: int = 0, back: bool = False) -> Any:
-    """Circularly shift the spatial axes of ``t`` (starting at axis ``first``) by ``shift`` (or back)."""
-    if not any(shift):
-        return t
-    shifts = tuple(-v for v in shift) if back else tuple(shift)
-    return torch.roll(t, shifts=shifts, dims=tuple(range(first, first + len(shift))))
