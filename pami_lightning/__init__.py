@@ -1,5 +1,6 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
+from .data import CocoDataset, DatasetError, FolderDataset, VOCDataset, collate
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .forward import ModelCall
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
@@ -42,5 +43,10 @@ __all__ = [
     "Deletion",
     "boxes_to_mask",
     "PAMICallback",
+    "VOCDataset",
+    "CocoDataset",
+    "FolderDataset",
+    "DatasetError",
+    "collate",
     "__version__",
 ]
