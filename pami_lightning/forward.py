@@ -263,10 +263,11 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def _check_batch(outputs: Any, n: int, call: ModelCall) -> None:
     """One output row per input: a wrong batch would later fail as an unreadable index error."""
     tensors = [outputs] if isinstance(outputs, Tensor) else []
+    # In a dict or tuple (a Hugging Face output), 0-d entries such as a loss are not per-input rows.
     if isinstance(outputs, Mapping):
-        tensors = [v for v in outputs.values() if isinstance(v, Tensor)]
+        tensors = [v for v in outputs.values() if isinstance(v, Tensor) and v.ndim]
     elif isinstance(outputs, (tuple, list)):
-        tensors = [v for v in outputs if isinstance(v, Tensor)]
+        tensors = [v for v in outputs if isinstance(v, Tensor) and v.ndim]
     for t in tensors:
         if t.ndim == 0 or t.shape[0] != n:
             got = list(t.shape)
