@@ -1,17 +1,26 @@
-"""Insertion metric throughput, measured in one run on one model:
+"""Insertion / deletion: how close to forward-bound, and the forward passes saved, measured in one run.
 
-(a) ``insertion_vs_forward_ratio``: step images per second through ``Insertion.update`` divided by
-    the raw forward throughput of the same model at the same batch size (goal >= 0.9: building the
-    step images and scoring them costs little next to the forward passes);
-(b) ``speedup_vs_rise_loop``: time of a plain RISE-style loop (one forward per step, pixels copied
-    in place, as RISE's ``CausalMetric``) divided by the time of ``Insertion.update`` on the same
-    images, maps and steps. The two AUCs are compared too.
+For each setting and each metric (``Insertion`` from RISE's ``Blur(11, 5)``, ``Deletion`` to
+RISE's black ``Constant(0)``; ``target=None``: the clean image's top-1, as RISE):
 
-Model: a small random CNN (5 conv layers) on 3x224x224 images, ``step=224`` (224 steps, 225 points
-per image), ``Blur(11, 5)`` substrate, batch size 64.
+- ``forward_share``: the seconds spent inside the model's calls during ``update()`` divided by the
+  seconds of ``update()`` (goal >= 0.95: building the step images, scoring and the substrate cost
+  little), and the same with the metric's batch sizes replayed on the bare model instead (the
+  second figure moves with the machine's load between the two runs; on a GPU every call is
+  synchronised for the first);
+- ``passes``: inputs the model saw, next to a curve's ``B * (n + 1)`` points plus the ``B`` clean
+  images of the top-1 pass (what the engine ran before it dropped the repeats: the clean image is
+  insertion's last and deletion's first point; deletion's last point, all black, is the same image
+  for every sample);
+- for the 224 px setting, the speed-up over a plain RISE loop (one forward per step, pixels copied
+  in place, as RISE's ``CausalMetric``) and the difference of their AUCs.
 
-Run: ``python benchmarks/insertion.py`` (about a minute on 2 CPU cores), ``--fast`` for a smoke
-run, ``--device cuda`` on a GPU, ``--threads N`` to pin the CPU thread count.
+Settings: ``rise`` -- 4 images 3x224x224, ``step=224`` (225 points), batch 64, RISE's; ``demo`` --
+8 images 3x32x32, ``step=224`` (6 points: the callback's demo), batch 64. Model: a small random CNN
+(5 conv layers).
+
+Run: ``python benchmarks/insertion.py`` (about a minute on 2 CPU cores; ``--threads 1 --clock process``
+for steadier numbers on a shared machine), ``--fast`` for a smoke run, ``--device cuda`` on a GPU.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ import torch
 from torch import nn
 
 from pami_lightning import Blur
-from pami_lightning.metrics import Insertion
+from pami_lightning.metrics import Deletion, Insertion
 from pami_lightning.metrics.functional import curve_auc
+
+CLOCK = time.perf_counter  # --clock process: time.process_time, this process's CPU seconds
 
 
 def make_model(num_classes: int = 10) -> nn.Module:
@@ -37,22 +48,41 @@ def make_model(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes)).eval()
 
 
+class Timed(nn.Module):
+    """The model, recording the batch size and the seconds of every call (synchronised on a GPU)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[int] = []
+        self.seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sync(x.device)
+        start = CLOCK()
+        out = self.inner(x)
+        sync(x.device)
+        self.seconds += CLOCK() - start
+        self.calls.append(x.shape[0])
+        return out
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def forward_throughput(model: nn.Module, batch_size: int, n_images: int, size: int, device: torch.device) -> float:
-    """Images per second of plain forward calls on full batches (same work as the metric)."""
-    batch = torch.rand(batch_size, 3, size, size, device=device)
-    n_batches = math.ceil(n_images / batch_size)
+def replay(model: nn.Module, sizes: list[int], shape: tuple[int, ...], device: torch.device, repeat: int) -> float:
+    """Seconds of plain forward calls with these batch sizes (``repeat`` times over)."""
+    batch = torch.rand(max(sizes), *shape, device=device)
     with torch.inference_mode():
         sync(device)
-        start = time.perf_counter()
-        for _ in range(n_batches):
-            model(batch)
+        start = CLOCK()
+        for _ in range(repeat):
+            for n in sizes:
+                model(batch[:n])
         sync(device)
-        return n_batches * batch_size / (time.perf_counter() - start)
+        return CLOCK() - start
 
 
 def rise_loop(model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor, step: int) -> torch.Tensor:
@@ -73,63 +103,91 @@ def rise_loop(model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor, st
     return curves
 
 
+def measure(name: str, model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor, args: argparse.Namespace, inner: int) -> dict[str, float]:
+    """Both metrics on one setting; ``inner`` updates per timing (tiny workloads need several)."""
+    device = images.device
+    b, _, h, w = images.shape
+    points = math.ceil(h * w / args.step) + 1
+    timed = Timed(model)
+    results: dict[str, float] = {}
+    for cls in (Insertion, Deletion):
+        metric = cls(timed, step=args.step, batch_size=args.batch_size).to(device)
+        metric.update(heatmaps[:1], images=images[:1])  # warm-up: allocator, kernels
+        timed.calls = []
+        metric.update(heatmaps, images=images)
+        sizes = list(timed.calls)
+        best = (math.inf, 0.0)
+        t_replay = math.inf
+        for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
+            t_replay = min(t_replay, replay(model, sizes, tuple(images.shape[1:]), device, inner))
+            metric.reset()
+            timed.seconds = 0.0
+            sync(device)
+            start = CLOCK()
+            for _ in range(inner):
+                metric.update(heatmaps, images=images)
+            sync(device)
+            best = min(best, (CLOCK() - start, timed.seconds))
+        t_update, t_forward = best
+        before = b * points + b  # every point of every curve, plus the top-1 pass
+        kind = cls.__name__.lower()
+        results[kind] = metric.compute().item()
+        print(
+            f"{name} {kind:9s}  forward_share: {t_forward / t_update:.3f}  (vs a replay of its batches: {t_replay / t_update:.3f})  "
+            f"update_s: {t_update / inner:.4f}  passes: {sum(sizes)} (was {before}: {before - sum(sizes)} saved, {(before - sum(sizes)) / before:.1%})"
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--step", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats of (a); the best is kept")
-    parser.add_argument("--fast", action="store_true", help="2 images, step 448: a quick smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is kept")
+    parser.add_argument("--fast", action="store_true", help="2 images at 224 px, step 448, one repeat: a quick smoke run")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall", help="process: CPU seconds of this process (CPU only; steadier on a busy machine)")
     args = parser.parse_args()
-    if args.fast:
-        args.images, args.step, args.repeats = 2, 448, 1
+    global CLOCK
+    if args.clock == "process":
+        if args.device != "cpu":
+            parser.error("--clock process measures CPU time: use it with --device cpu")
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-
     model = make_model().to(device)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(args.images, 3, args.size, args.size, generator=g).to(device)
-    heatmaps = torch.rand(args.images, args.size, args.size, generator=g).to(device)
-    points = math.ceil(args.size * args.size / args.step) + 1
-    n_images = args.images * points
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {where}; model: 5-conv CNN; images: {args.images} x 3x{args.size}x{args.size}")
-    print(f"step: {args.step} ({points} points per image, {n_images} step images); batch_size: {args.batch_size}")
+    print(f"device: {where}; model: 5-conv CNN; step: {args.step}; batch_size: {args.batch_size}; best of {args.repeats}; clock: {args.clock}")
 
-    metric = Insertion(model, step=args.step, batch_size=args.batch_size).to(device)
-    metric.update(images[:1], heatmaps[:1])  # warm-up: allocator, kernels
-    forward_throughput(model, args.batch_size, args.batch_size, args.size, device)
-
-    forward_ips, metric_ips = 0.0, 0.0
-    for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
-        forward_ips = max(forward_ips, forward_throughput(model, args.batch_size, n_images, args.size, device))
-        metric.reset()
-        sync(device)
-        start = time.perf_counter()
-        metric.update(images, heatmaps)
-        sync(device)
-        t_metric = time.perf_counter() - start
-        metric_ips = max(metric_ips, n_images / t_metric)
-    auc_metric = metric.compute().item()
-
+    n_rise = 2 if args.fast else 4
+    step = args.step
+    if args.fast:
+        args.step, args.repeats = 448, 1
+    images = torch.rand(n_rise, 3, 224, 224, generator=g).to(device)
+    heatmaps = torch.rand(n_rise, 224, 224, generator=g).to(device)
+    auc = measure(f"rise {n_rise}x224px", model, images, heatmaps, args, inner=1)
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     curves = rise_loop(model, images, heatmaps, args.step)
     sync(device)
-    t_rise = time.perf_counter() - start
+    t_rise = CLOCK() - start
+    metric = Insertion(model, step=args.step, batch_size=args.batch_size).to(device)
+    sync(device)
+    start = CLOCK()
+    metric.update(heatmaps, images=images)
+    sync(device)
+    t_metric = CLOCK() - start
     auc_rise = curve_auc(curves).mean().item()
+    print(f"rise {n_rise}x224px insertion  rise_loop_s: {t_rise:.2f}  update_s: {t_metric:.2f}  speedup_vs_rise_loop: {t_rise / t_metric:.1f}")
+    print(f"rise {n_rise}x224px insertion  auc: {auc['insertion']:.6f}  auc_rise_loop: {auc_rise:.6f}  abs_diff: {abs(auc['insertion'] - auc_rise):.2e}")
 
-    print(f"forward_images_per_s: {forward_ips:.1f}")
-    print(f"insertion_images_per_s: {metric_ips:.1f}")
-    print(f"insertion_vs_forward_ratio: {metric_ips / forward_ips:.3f}")
-    print(f"rise_loop_s: {t_rise:.2f}")
-    print(f"insertion_update_s: {n_images / metric_ips:.2f}")
-    print(f"speedup_vs_rise_loop: {t_rise * metric_ips / n_images:.1f}")
-    print(f"auc_insertion: {auc_metric:.6f}  auc_rise_loop: {auc_rise:.6f}  abs_diff: {abs(auc_metric - auc_rise):.2e}")
+    args.step = step
+    images = torch.rand(8, 3, 32, 32, generator=g).to(device)
+    heatmaps = torch.rand(8, 32, 32, generator=g).to(device)
+    measure("demo 8x32px", model, images, heatmaps, args, inner=5 if args.fast else 50)
 
 
 if __name__ == "__main__":

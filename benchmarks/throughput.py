@@ -41,23 +41,39 @@ allocation on a GPU) in batches of inputs.
     python benchmarks/throughput.py --case large2048 --batch-size 32
     python benchmarks/throughput.py --case cnn224,superpixels224 --model resnet50 --device cuda --dtype bf16 --batch-size 256 --channels-last
 
-Allocator note (glibc malloc; measured on a 2-core AMD EPYC VM, torch 2.13 CPU, 1 thread):
-glibc serves blocks above its mmap threshold with ``mmap`` and unmaps them on ``free``. The threshold
-adapts upwards to the largest freed block, but only up to 32 MiB; above it (and for heap memory
-above the trim threshold) every forward hands its activations back to the OS and page-faults them
-in again on the next one. For ``small_cnn`` at 224 and batch 64 (first activation 64x32x112x112
-float32 = 103 MB) that is ~163,000 minor faults per forward, and the raw forward ran at ~80
-inputs/s with glibc's defaults against ~185 inputs/s with
-``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (0 faults): 2.3x. For the
-tiny CNN at 32x32 (2 MB activations, under the adaptive threshold) there were no faults and no
-difference (within the machine's noise). Setting ``MALLOC_TRIM_THRESHOLD_`` alone is worse than the
-defaults (it freezes the mmap threshold at 128 KiB: the tiny CNN at 32 then faults too, ~2.3x
-slower), and ``MALLOC_MMAP_THRESHOLD_`` alone still trims the heap top (half the faults). The same
-two settings can be given as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296``.
-They must be in the environment when the process starts: ``--keep-memory`` re-executes this script
-with them set. Which method runs before which also matters under the defaults (a large block one
-method frees raises the adaptive threshold for the next), one more reason the raw forward is timed
-right before each method. The header line says which allocator settings were in force.
+Allocator note (glibc malloc; measured on a 2-core AMD EPYC VM shared with other jobs, torch 2.13 CPU,
+1 thread, batch 64, raw forward alone): glibc serves blocks above its mmap threshold with ``mmap``
+and unmaps them on ``free``. The threshold adapts upwards to the largest freed block, but only up to
+32 MiB; above it (and for heap memory above the trim threshold) every forward hands its activations
+back to the OS and page-faults them in again on the next one, and those faults (kernel time, page
+zeroing) then dominate and vary with the machine's load:
+
+    model, input           faults/forward    raw inputs/s    with --keep-memory
+    tiny CNN, 32x32         ~0               ~7,600          ~7,600 (0 faults; same within noise)
+    tiny CNN, 160x160       64,000-82,000    140-170         310-320 (~2x)
+    tiny CNN, 224x224       ~190,000-207,000 ~78             ~157 (2x)
+    small_cnn, 224x224      ~163,000         ~80-95          ~185-215 (2.3x)
+
+(first activation of small_cnn at 224: 64x32x112x112 float32 = 103 MB; of the tiny CNN at 32: 2 MB,
+under the adaptive threshold, so tiny32 never faults). The ratios printed here are mostly robust to
+it, because the engine and the raw forward both pay it, but not entirely: how often a method frees
+a large block changes the adaptive threshold for what runs next, and the fault cost swings with the
+load of the machine (engine/raw and loop/raw above 1, or far below, on a busy machine are that).
+Use ``--keep-memory`` for stable figures on big inputs: it re-executes this script with
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (freed blocks stay in the
+heap; RSS stays at its high-water mark), the same as
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296``.
+Both must be set when the process starts (glibc reads them once). Either alone is worse:
+``MALLOC_TRIM_THRESHOLD_`` alone freezes the mmap threshold at 128 KiB (the tiny CNN at 32 then
+faults too and runs ~2.3x slower than with the defaults); ``MALLOC_MMAP_THRESHOLD_`` alone still
+trims the heap top (about half the faults remain). The header line says which settings were in
+force; each method's line of details gives its minor page faults per input.
+
+Raw input note: the raw forward runs one batch of real masked inputs (the image, blurred outside
+one part each, the parts spread over the image), not ``batch_size`` copies of one image: a batch of
+identical images ran the tiny CNN at 32x32 15-45% faster in repeated measurements (max pooling is
+the layer whose time depends on the content; uniform random inputs were slower still), which made
+engine/raw ~0.77 where it is ~0.92 against the engine's own kind of input.
 """
 
 from __future__ import annotations
@@ -349,21 +365,28 @@ def timed(s: Setup, fn: Callable[[], Any], min_seconds: float, min_calls: int = 
 
 
 def paired(s: Setup, fn: Callable[[], Any], raw: Callable[[], None], raw_batches: int, min_seconds: float) -> tuple[Timing, Timing]:
-    """Alternate ``raw_batches`` raw forward batches and one call of ``fn`` until both ran ``min_seconds``.
+    """Calls of ``fn``, each between two halves of ``raw_batches`` raw forward batches, until both ran ``min_seconds``.
 
-    Each call sits right next to raw batches of about the same duration, so a slow spell of the
-    shared machine slows both sides of the ratio.
+    The raw batches hold about as many inputs as one call's masked inputs and sit right before and
+    after it, so a slow spell of the shared machine slows both sides of the ratio alike.
     """
     method, base = Timing(0.0, 0, 0), Timing(0.0, 0, 0)
-    while method.seconds < min_seconds or base.seconds < min_seconds or method.calls == 0:
+
+    def raw_part(batches: int) -> None:
+        if batches <= 0:
+            return
         sync(s.device)
         faults, start = minor_faults(), time.perf_counter()
-        for _ in range(raw_batches):
+        for _ in range(batches):
             raw()
         sync(s.device)
         base.seconds += time.perf_counter() - start
         base.faults += minor_faults() - faults
-        base.calls += raw_batches
+        base.calls += batches
+
+    while method.seconds < min_seconds or base.seconds < min_seconds or method.calls == 0:
+        raw_part((raw_batches + 1) // 2)
+        sync(s.device)
         seen, faults, start = s.counter.n, minor_faults(), time.perf_counter()
         fn()
         sync(s.device)
@@ -371,6 +394,7 @@ def paired(s: Setup, fn: Callable[[], Any], raw: Callable[[], None], raw_batches
         method.faults += minor_faults() - faults
         method.calls += 1
         method.hooked += s.counter.n - seen
+        raw_part(raw_batches // 2)
     return method, base
 
 
@@ -403,6 +427,7 @@ class Method:
     seconds: list[float] = field(default_factory=list)  # seconds per call
     calls_per_round: int = 0
     faults: list[float] = field(default_factory=list)  # minor page faults per input
+    copies: list[float] = field(default_factory=list)  # large cases: seconds per input / seconds of one input copy
     error: str | None = None
 
 
@@ -553,22 +578,20 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
                 m.warm()
         except Exception as exc:  # whatever a method raises is reported; the others still run
             m.error = f"{type(exc).__name__}: {exc}"
-    # Raw batches per call: as many inputs as the call's masked inputs (--fast: at most ~1 s of them).
-    warm = timed(s, raw, min(0.5, min_seconds), min_calls=2)
-    raw_batches = max(1, math.ceil(s.passes / s.batch_size))
-    if args.fast:
-        raw_batches = max(2, min(raw_batches, int(1.0 / (warm.seconds / warm.calls))))
+    # Raw batches per call: as many inputs as the call's masked inputs (Captum's too: about the same time).
+    raw_batches = max(2, math.ceil(s.passes / n_images / s.batch_size) * n_images)
     raw_rates: list[float] = []
     raw_faults: list[float] = []
-    copies: list[float] = []
+    copies: list[float] = []  # seconds of one input copy, next to each measurement
+    raw_copies: list[float] = []  # raw seconds per input in copies, per measurement
     for _ in range(args.repeat):
-        if s.spec.large:
-            copies.append(copy_seconds(s))
         for m in methods:
             if m.error or (args.fast and m.seconds and m.seconds[0] * m.calls_per_round > FAST_ROUND_SECONDS):
                 continue  # --fast: a method whose round took over FAST_ROUND_SECONDS runs one round
             try:
+                before = copy_seconds(s) if s.spec.large else 0.0
                 t, r = paired(s, m.run, raw, raw_batches, min_seconds)
+                copy = (before + copy_seconds(s)) / 2 if s.spec.large else 0.0
             except Exception as exc:  # as above
                 m.error = f"{type(exc).__name__}: {exc}"
                 continue
@@ -580,6 +603,10 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
             m.seconds.append(t.seconds / t.calls)
             m.calls_per_round = t.calls
             m.faults.append(t.faults / max(1, m.passes(t)))
+            if s.spec.large:
+                copies.append(copy)
+                m.copies.append(t.seconds / m.passes(t) / copy)
+                raw_copies.append(1 / raw_rate / copy)
             raw_faults.append(r.faults / (r.calls * s.batch_size))
             if m.name.startswith("engine") and t.hooked and t.hooked != t.calls * s.passes:
                 note = f"{m.name} ran {t.hooked / t.calls:.0f} forward inputs per call for {s.passes} masked inputs"
@@ -631,13 +658,13 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
         copy = statistics.median(copies)
         nbytes = s.images[0].numel() * 4
         unit = (f"copy of {nbytes / 1e6:.1f} MB in {copy * 1e3:.2f} ms = {2 * nbytes / copy / 1e9:.1f} GB/s read+write")
-        extra = []
-        for m in methods:
-            if m.rates:
-                extra.append(f"{m.name} {1 / statistics.median(m.rates) / copy:.2f}")
-        extra.append(f"raw forward alone {1 / raw_med / copy:.2f}")
-        if "engine" in by_name and by_name["engine"].rates:
-            extra.append(f"engine - raw {(1 / statistics.median(by_name['engine'].rates) - 1 / raw_med) / copy:.2f}")
+        extra = [f"{m.name} {statistics.median(m.copies):.2f}" for m in methods if m.copies]
+        extra.append(f"raw forward alone {statistics.median(raw_copies):.2f}")
+        engine = by_name.get("engine")
+        if engine is not None and engine.copies:
+            # Per round: engine and raw of the same measurement.
+            minus = [c * (1 - ratio) for c, ratio in zip(engine.copies, engine.ratios, strict=True)]
+            extra.append(f"engine - raw {statistics.median(minus):.2f}")
         batch_bytes = s.batch_size * nbytes
         peaks = []
         # --fast probes the engine only: the loop's probe repeats a whole loop call (and ~12 batches of memory).

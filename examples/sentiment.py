@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pami_lightning import PAMI, AttentionMask, PAMICallback, Words
-from pami_lightning.callbacks import Pictures
+from pami_lightning.callbacks import PAMIOptions, Pictures
 from pami_lightning.visualize import highlight_tokens
 
 POSITIVE = ("wonderful", "great", "superb", "delightful", "brilliant", "charming", "excellent", "moving")
@@ -162,7 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[tuple[str, floa
     model = SentimentModel(len(tokenizer.vocab))
     logger = TensorBoardLogger(args.log_dir, name="", default_hp_metric=False)
     # Every epoch: 4 validation reviews explained word by word, logged as highlighted tokens.
-    callback = PAMICallback(num_samples=4, partition=Words(), masker=AttentionMask(), tokens=tokenizer.tokens, pictures=Pictures(cmap="Reds"))
+    callback = PAMICallback(num_samples=4, explainer=PAMIOptions(partition=Words(), masker=AttentionMask()), tokens=tokenizer.tokens,
+                            pictures=Pictures(cmap="Reds"))
     trainer = L.Trainer(
         max_epochs=1 if args.fast else args.max_epochs, logger=logger, callbacks=[callback],
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=not args.fast, log_every_n_steps=10,

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pami_lightning import Blur, PAMICallback, SlidingWindow
+from pami_lightning.callbacks import PAMIOptions
 
 #: The class of an image is the colour of its one class-coloured shape (RGB in [0, 1]).
 CLASSES = ("red", "green", "blue", "yellow")
@@ -130,14 +131,13 @@ class ShapeNet(L.LightningModule):
 
 def make_callback(**overrides: Any) -> PAMICallback:
     """The demo's callback: 8 samples, windows sized for 64x64 images, object hits only; ``overrides`` change any argument."""
-    options: dict[str, Any] = dict(
-        num_samples=8,
-        partition=SlidingWindow(radius=10, stride=6),  # 11 x 11 windows per image
-        masker=Blur(kernel_size=15, sigma=5),
-        batch_size=256,
-        pointing_tolerance=0,  # the map's maximum must lie on the object itself
-        on_validate=True,
-    )
+    options: dict[str, Any] = {
+        "num_samples": 8,
+        # 11 x 11 windows per image
+        "explainer": PAMIOptions(partition=SlidingWindow(radius=10, stride=6), masker=Blur(kernel_size=15, sigma=5), batch_size=256),
+        "pointing_tolerance": 0,  # the map's maximum must lie on the object itself
+        "on_validate": True,
+    }
     return PAMICallback(**{**options, **overrides})
 
 

@@ -165,7 +165,7 @@ class PAMI:
             float32 heatmaps ``[B, *spatial]`` (``[B, L]`` for tokens, 0 at padding and special tokens)
             on the inputs' device (and the targets if asked).
         """
-        self._check_inputs(inputs)
+        self.check_inputs(inputs)
         with self.call.running():
             n, device = batch_len(inputs), main_tensor(inputs).device
             targets = as_target(target, n, device) if target is not None else self.call.clean(inputs).pred
@@ -183,7 +183,9 @@ class PAMI:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_inputs(self, inputs: Batch) -> None:
+    def check_inputs(self, inputs: Batch) -> None:
+        """Raise a ValueError naming the fix when :meth:`explain` cannot take ``inputs`` (rank, dtype,
+        layout, non-finite values); warn when images look outside pixel space. Cheap: no model call."""
         if self.partition.channel_axis and isinstance(inputs, Mapping):
             raise ValueError(f"dict inputs are token sequences for TokenWindows or Words; {self.partition!r} needs a tensor [B, C, *spatial]")
         if not isinstance(inputs, (Tensor, Mapping)):

@@ -1,24 +1,71 @@
-"""Turning importance maps into pictures: colour maps, overlays, grids."""
+"""Turning importance maps into pictures: colour maps, overlays, colour bars, captions, grids.
+
+Two kinds of helpers:
+
+- tensors in, tensors out (:func:`normalize`, :func:`colorize`, :func:`overlay`, :func:`make_grid`,
+  :func:`timeline`): float ``[0, 1]`` pictures for notebooks and the CLI;
+- uint8 ``[H, W, 3]`` numpy pictures (:func:`blend`, :func:`upscale`, :func:`colour_bar`,
+  :func:`text_block`, :func:`hstack`, :func:`vstack`, :func:`tile`; from ``pami_lightning._canvas``):
+  what the callback logs, drawn with Pillow rather than matplotlib figures (a figure costs tens of
+  milliseconds to draw); the colours are matplotlib's all the same.
+
+Colour scales: by default each map is stretched over the whole colour map (min-max), which makes any
+map look confident; ``vmin``/``vmax`` fix the scale instead (e.g. 0..1 for probabilities), so the same
+colour means the same score in every map. The engine never imports this module.
+"""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize", "to_rgb", "colorize", "overlay", "make_grid", "timeline", "to_uint8", "highlight_tokens", "highlight_tokens_image"]
+from ._canvas import (
+    FONT_SIZE,
+    _colormap,
+    blend,
+    colour_bar,
+    display_factor,
+    format_range,
+    hstack,
+    line_height,
+    put_text,
+    text_block,
+    text_width,
+    tile,
+    upscale,
+    vstack,
+)
+
+__all__ = [
+    "FONT_SIZE", "normalize", "to_rgb", "colorize", "overlay", "make_grid", "timeline", "to_uint8",
+    "display_factor", "upscale", "blend", "colour_bar", "text_block", "text_width", "line_height", "put_text", "hstack", "vstack", "tile", "format_range",
+    "highlight_tokens", "highlight_tokens_image",
+]
 
 
-def normalize(maps: Tensor) -> Tensor:
-    """Min-max normalise each map of ``[B, *spatial]`` to ``[0, 1]`` (a constant map becomes 0)."""
+def normalize(maps: Tensor, vmin: Optional[float] = None, vmax: Optional[float] = None) -> Tensor:
+    """Each map of ``[B, *spatial]`` scaled to ``[0, 1]``.
+
+    Args:
+        maps: ``[B, *spatial]`` importance maps.
+        vmin: value drawn as 0 in every map (default: each map's own minimum).
+        vmax: value drawn as 1 in every map (default: each map's own maximum).
+
+    Returns:
+        ``[B, *spatial]`` float32: ``(maps - vmin) / (vmax - vmin)`` clamped to ``[0, 1]``; per map
+        (min-max) where ``vmin``/``vmax`` are not given, a constant map becoming 0.
+    """
     flat = maps.detach().float().reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - lo
+    lo = flat.min(dim=1, keepdim=True).values if vmin is None else flat.new_full((flat.shape[0], 1), float(vmin))
+    hi = flat.max(dim=1, keepdim=True).values if vmax is None else flat.new_full((flat.shape[0], 1), float(vmax))
+    span = hi - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(flat))
-    return out.reshape(maps.shape)
+    return out.clamp_(0, 1).reshape(maps.shape)
 
 
 def to_rgb(images: Tensor) -> Tensor:
@@ -27,21 +74,27 @@ def to_rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
-def colorize(maps: Tensor, cmap: str = "viridis") -> Tensor:
-    """Colour each min-max normalised map of ``[B, H, W]``: RGB ``[B, 3, H, W]`` in ``[0, 1]`` (CPU).
+def colorize(maps: Tensor, cmap: str = "viridis", vmin: Optional[float] = None, vmax: Optional[float] = None) -> Tensor:
+    """Colour each map of ``[B, H, W]``: RGB ``[B, 3, H, W]`` in ``[0, 1]`` (CPU).
+
+    Args:
+        maps: ``[B, H, W]`` importance maps.
+        cmap: a matplotlib colour map name (default ``"viridis"``).
+        vmin: value of the colour map's first colour in every map (default: each map's minimum).
+        vmax: value of its last colour (default: each map's maximum).
 
     Colours are matplotlib's uint8 colours divided by 255 (``cmap(v, bytes=True)``), so
     ``round(255 * rgb)`` gives back exactly the bytes, as the second run's segmenters need.
     """
-    import matplotlib
-
-    values = normalize(maps).cpu().numpy()
-    rgba = matplotlib.colormaps[cmap](values, bytes=True)
+    values = normalize(maps, vmin, vmax).cpu().numpy()
+    rgba = _colormap(cmap)(values, bytes=True)
     rgb = torch.from_numpy(np.ascontiguousarray(rgba[..., :3])).float().div_(255)
     return rgb.movedim(-1, 1)
 
 
-def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet") -> Tensor:
+def overlay(
+    images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet", vmin: Optional[float] = None, vmax: Optional[float] = None
+) -> Tensor:
     """Blend colour-mapped maps over images.
 
     Args:
@@ -49,6 +102,9 @@ def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet")
         maps: ``[B, h, w]`` importance maps (resized bilinearly to ``H x W`` when needed).
         alpha: weight of the heatmap colour (default 0.5).
         cmap: a matplotlib colour map name (default ``"jet"``).
+        vmin: map value of the colour map's first colour (default: each map's minimum, i.e. min-max).
+        vmax: map value of its last colour (default: each map's maximum). ``vmin=0, vmax=1`` draws
+            probabilities on one absolute scale.
 
     Returns:
         ``[B, 3, H, W]`` float in ``[0, 1]`` on the CPU.
@@ -61,7 +117,7 @@ def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet")
     maps = maps.detach().float().cpu()
     if maps.shape[-2:] != images.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return ((1 - alpha) * images + alpha * colorize(maps, cmap)).clamp(0, 1)
+    return ((1 - alpha) * images + alpha * colorize(maps, cmap, vmin, vmax)).clamp(0, 1)
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
@@ -89,8 +145,13 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float 
     return grid
 
 
-def timeline(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet", padding: int = 2) -> Tensor:
+def timeline(
+    images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet", padding: int = 2, vmin: Optional[float] = None, vmax: Optional[float] = None
+) -> Tensor:
     """How each input's map evolves: one row per input, the input then one overlay per map in time.
+
+    An unlabelled tensor version; the callback draws a labelled one
+    (:func:`pami_lightning.callbacks.pictures.draw_timeline`).
 
     Args:
         images: ``[N, C, H, W]`` in ``[0, 1]``.
@@ -99,6 +160,8 @@ def timeline(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet"
         alpha: weight of the heatmap colour (default 0.5).
         cmap: a matplotlib colour map name (default ``"jet"``).
         padding: pixels between tiles (default 2).
+        vmin: see :func:`overlay` (default: each map min-max stretched, so colours are not comparable across times).
+        vmax: see :func:`overlay`.
 
     Returns:
         ``[3, N * (h + padding) + padding, (T + 1) * (w + padding) + padding]`` float in ``[0, 1]`` (CPU).
@@ -109,26 +172,27 @@ def timeline(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet"
     thumbs = to_rgb(images)
     if thumbs.shape[-2:] != (h, w):
         thumbs = torch.nn.functional.interpolate(thumbs, size=(h, w), mode="area")
-    tiles = [thumbs] + [overlay(thumbs, maps[:, k], alpha, cmap) for k in range(t)]
+    tiles = [thumbs] + [overlay(thumbs, maps[:, k], alpha, cmap, vmin, vmax) for k in range(t)]
     return make_grid(torch.stack(tiles, dim=1).reshape(n * (t + 1), 3, h, w), nrow=t + 1, padding=padding)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
-    """``[C, H, W]`` float in ``[0, 1]`` -> ``[H, W, C]`` uint8 numpy array (for PNG writers and W&B)."""
-    return image.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """``[C, H, W]`` float in ``[0, 1]`` -> ``[H, W, C]`` uint8 numpy array (for PNG writers and W&B); ``[B, C, H, W]`` -> ``[B, H, W, C]``."""
+    return image.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+# ------------------------------------------------------------------------------------- tokens
 
 
 def _token_colours(tokens: Sequence[str], scores: Tensor | Sequence[float], cmap: str, vmin: float | None, vmax: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Scores as float64 ``[n]`` and their RGBA colours uint8 ``[n, 4]`` (``vmin..vmax`` -> the colour map)."""
-    import matplotlib
-
     values = (scores.detach().double().cpu() if isinstance(scores, Tensor) else torch.as_tensor(scores, dtype=torch.float64)).reshape(-1).numpy()
     if len(values) != len(tokens):
         raise ValueError(f"scores hold {len(values)} values for {len(tokens)} tokens — pass the map of the real tokens, e.g. heatmap[i, :len(tokens)]")
     lo = vmin if vmin is not None else (float(values.min()) if len(values) else 0.0)
     hi = vmax if vmax is not None else (float(values.max()) if len(values) else 1.0)
     scaled = np.clip((values - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(values)
-    return values, matplotlib.colormaps[cmap](scaled, bytes=True)
+    return values, _colormap(cmap)(scaled, bytes=True)
 
 
 def _text_colour(rgba: np.ndarray) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pami_lightning import Constant, PAMICallback, SlidingWindow
+from pami_lightning.callbacks import PAMIOptions
 
 SIZE = 32
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9]])
@@ -72,11 +74,15 @@ def loaders(n_train: int = 64, n_val: int = 24, batch_size: int = 16) -> tuple[D
 
 
 def callback(**kwargs: Any) -> PAMICallback:
-    """A PAMICallback sized for tests: 4 samples, 8 x 8 windows, black substrate."""
+    """A PAMICallback sized for tests: 4 samples, 8 x 8 windows, black substrate.
+
+    PAMIOptions' arguments (``partition``, ``masker``, ``preprocess``, ...) may be given directly.
+    """
     kwargs.setdefault("num_samples", 4)
-    kwargs.setdefault("partition", SlidingWindow(radius=8, stride=4))
-    kwargs.setdefault("masker", Constant(0.0))
-    return PAMICallback(**kwargs)
+    options = {name: kwargs.pop(name) for name in [f.name for f in dataclasses.fields(PAMIOptions)] if name in kwargs}
+    options.setdefault("partition", SlidingWindow(radius=8, stride=4))
+    options.setdefault("masker", Constant(0.0))
+    return PAMICallback(explainer=PAMIOptions(**options), **kwargs)
 
 
 def trainer(tmp_path: Any, callbacks: list, logger: Any = False, **kwargs: Any) -> L.Trainer:

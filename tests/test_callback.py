@@ -10,13 +10,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from pami_lightning import PAMI, PAMICallback, SlidingWindow
+from pami_lightning import PAMI, PAMICallback, SlidingWindow, Words
 from pami_lightning.callbacks import Sample, default_batch_to_sample
 from pami_lightning.callbacks.samples import select_indices, shard
+
+from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
 
 METRICS = ["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
@@ -27,25 +28,32 @@ METRICS = ["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_samples=0), "num_samples"),
-        (dict(sample_indices=[1, 1]), "repeats"),
-        (dict(target="logits"), "target"),
-        (dict(every_n_val_epochs=0), "every_n_val_epochs"),
-        (dict(metrics=["pointing_game", "iou"]), "unknown metrics"),
-        (dict(pointing_tolerance=-1), "pointing_tolerance"),
-        (dict(pictures=dict(max_images=0)), "max_images"),
-        (dict(pictures=dict(alpha=1.5)), "alpha"),
-        (dict(pictures=dict(cmap="nope")), "colour map"),
-        (dict(key_prefix=""), "key_prefix"),
-        (dict(batch_size=0), "batch_size"),
-        (dict(output="logsoftmax"), "output"),
-        (dict(explainer=PAMI(torch.nn.Identity()), batch_size=8), "either explainer"),
-        (dict(batch_to_sample=3), "callable"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"sample_indices": [1, 1]}, "repeats"),
+        ({"target": "logits"}, "target"),
+        ({"every_n_validations": 0}, "every_n_validations"),
+        ({"metrics": ["pointing_game", "iou"]}, "unknown metrics"),
+        ({"pointing_tolerance": -1}, "pointing_tolerance"),
+        ({"pictures": {"max_images": 0}}, "max_images"),
+        ({"pictures": {"alpha": 1.5}}, "alpha"),
+        ({"pictures": {"cmap": "nope"}}, "colour map"),
+        ({"key_prefix": ""}, "key_prefix"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"output": "logsoftmax"}, "output"),
+        ({"explainer": "pami"}, "explainer must be"),
+        ({"partition": "windows"}, "partition must be"),
+        ({"partition": Words(), "max_passes": 100}, "SlidingWindow"),
+        ({"max_passes": 0}, "max_passes"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"batch_to_sample": 3}, "callable"),
     ],
 )
 def test_constructor_validates_early(kwargs: dict, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
-        PAMICallback(**kwargs)
+        if "explainer" in kwargs:
+            PAMICallback(**kwargs)
+        else:
+            callback(**kwargs)
 
 
 def test_samples_are_evenly_spaced_and_need_no_rng() -> None:
@@ -87,25 +95,22 @@ def test_default_batch_to_sample_formats() -> None:
 # ---------------------------------------------------------------------------------------- behaviour in fit
 
 
+def _metric_scores(tr: L.Trainer, prefix: str = "pami") -> dict[str, float]:
+    """The logged metrics, without the cost and flag keys."""
+    return {k: v for k, v in scores(tr, prefix).items() if k.split("/")[1] in (*METRICS, "stability")}
+
+
 def test_no_logger_warns_once_and_scores_reach_callback_metrics(tmp_path: Any) -> None:
-    cb = callback(every_n_val_epochs=2, pointing_tolerance=0)
+    cb = callback(every_n_validations=2, pointing_tolerance=0)
     tr = trainer(tmp_path, [cb], max_epochs=4, num_sanity_val_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tr.fit(TinyNet(), *loaders())
     assert sum("no logger" in str(w.message) for w in caught) == 1
-    assert set(scores(tr)) == {f"pami/{m}" for m in METRICS + ["stability"]}
+    assert set(_metric_scores(tr)) == {f"pami/{m}" for m in [*METRICS, "stability"]}
     assert all(np.isfinite(v) for v in scores(tr).values())
-    # Four validations (the sanity check is not one), every second explained.
-    assert cb._val_count == 4 and cb._history.columns == [2, 4]
-
-
-def test_validate_runs_only_when_asked(tmp_path: Any) -> None:
-    _, val = loaders()
-    for on_validate in (False, True):
-        tr = trainer(tmp_path, [callback(on_validate=on_validate, metrics=["pointing_game"])])
-        tr.validate(TinyNet(), val, verbose=False)
-        assert ("pami/pointing_game" in tr.callback_metrics) is on_validate
+    # Four validations (the sanity check is not one): the first and every second after it explained.
+    assert cb._val_count == 4 and cb._history.columns == [1, 3]
 
 
 class _Record(Callback):
@@ -154,12 +159,12 @@ def test_never_changes_training(tmp_path: Any) -> None:
     rng_without = (torch.get_rng_state(), np.random.get_state()[1], random.getstate())
 
     assert "pami/insertion" in tr.callback_metrics
-    for (name, p), q in zip(with_cb.state_dict().items(), without.state_dict().values()):
+    for (name, p), q in zip(with_cb.state_dict().items(), without.state_dict().values(), strict=False):
         assert torch.equal(p, q), f"{name} differs with the callback"
     assert torch.equal(rng_with[0], rng_without[0]) and np.array_equal(rng_with[1], rng_without[1]) and rng_with[2] == rng_without[2]
     assert not with_cb.net[1].training and with_cb.net[0].training
     # Around the callback's own hook: same modes, grad mode and RNG states.
-    for b, a in zip(before.seen, after.seen):
+    for b, a in zip(before.seen, after.seen, strict=False):
         assert b[0] == a[0] and b[1] == a[1] and b[4] == a[4]
         assert torch.equal(b[2], a[2]) and np.array_equal(b[3], a[3])
     assert not cb._history.last_maps.requires_grad and all(p.grad is None or not p.grad.requires_grad for p in with_cb.parameters())
@@ -201,7 +206,7 @@ def test_missing_masks_warn_once_and_skip_mask_metrics(tmp_path: Any) -> None:
         warnings.simplefilter("always")
         tr.fit(TinyNet(), loaders()[0], val)
     assert sum("no object masks" in str(w.message) for w in caught) == 1
-    assert set(scores(tr)) == {"pami/insertion", "pami/deletion", "pami/stability"}
+    assert set(_metric_scores(tr)) == {"pami/insertion", "pami/deletion", "pami/stability"}
 
 
 def _images_only(batch: Any) -> Sample:
@@ -259,7 +264,7 @@ def test_batches_go_through_the_transfer_hooks_and_second_dataloader(tmp_path: A
 def test_runs_under_the_trainers_precision(tmp_path: Any, precision: str) -> None:
     tr = trainer(tmp_path, [callback(metrics=["pointing_game", "insertion"])], max_epochs=1, precision=precision)
     tr.fit(TinyNet(), *loaders())
-    assert all(np.isfinite(v) for v in scores(tr).values()) and len(scores(tr)) == 2
+    assert all(np.isfinite(v) for v in scores(tr).values()) and len(_metric_scores(tr)) == 2
 
 
 def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
@@ -268,8 +273,9 @@ def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
     explainer = PAMI(model, forward=lambda m, x: (calls.append(len(x)), m(x))[1], partition=SlidingWindow(radius=8, stride=8), batch_size=16)
     tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game"])], max_epochs=1)
     tr.fit(model, *loaders())
-    # 2 clean forwards + 2 images x 16 windows in full batches of 16.
-    assert calls == [2, 16, 16]
+    # 2 clean forwards checking the samples at fit start; at the validation 2 clean forwards and
+    # 2 images x 16 windows in full batches of 16.
+    assert calls == [2, 2, 16, 16]
     assert explainer.call.inference_mode  # the callback ran a copy under fit's no_grad; the user's explainer is untouched
 
 
@@ -283,7 +289,7 @@ def test_dict_outputs_with_a_callable_output(tmp_path: Any) -> None:
     explainer = PAMI(model, forward=lambda m, x: {"logits": m(x)}, output=probability, partition=SlidingWindow(radius=8, stride=8))
     tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game", "insertion"])], max_epochs=1)
     tr.fit(model, *loaders())
-    assert set(scores(tr)) == {"pami/pointing_game", "pami/insertion"} and all(np.isfinite(v) for v in scores(tr).values())
+    assert set(_metric_scores(tr)) == {"pami/pointing_game", "pami/insertion"} and all(np.isfinite(v) for v in scores(tr).values())
 
 
 # ---------------------------------------------------------------------------------------- LightningCLI
@@ -300,7 +306,8 @@ class _CLINet(TinyNet):
 def test_lightning_cli_yaml_config(tmp_path: Any) -> None:
     from lightning.pytorch.cli import LightningCLI
 
-    config = tmp_path / "config.yaml"
+    (tmp_path / "in").mkdir()
+    config = tmp_path / "in" / "config.yaml"
     config.write_text(
         f"""
 trainer:
@@ -318,18 +325,28 @@ trainer:
         metrics: [pointing_game, insertion]
         pointing_tolerance: 0
         key_prefix: explain
-        partition:
-          class_path: pami_lightning.SlidingWindow
-          init_args: {{radius: 8, stride: 4}}
-        masker:
-          class_path: pami_lightning.Constant
-          init_args: {{value: 0.0}}
+        explainer:
+          class_path: pami_lightning.callbacks.PAMIOptions
+          init_args:
+            partition:
+              class_path: pami_lightning.SlidingWindow
+              init_args: {{radius: 8, stride: 4}}
+            masker:
+              class_path: pami_lightning.Constant
+              init_args: {{value: 0.0}}
+            batch_size: 32
 """
     )
     cli = LightningCLI(_CLINet, args=["fit", "--config", str(config)], save_config_kwargs={"overwrite": True})
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, PAMICallback)]
-    assert cb.num_samples == 2 and cb.partition.radius == 8 and cb.partition.stride == 4 and cb.key_prefix == "explain"
-    assert {"explain/pointing_game", "explain/insertion"} == set(scores(cli.trainer, "explain"))
+    assert cb.num_samples == 2 and cb.explainer.partition.radius == 8 and cb.explainer.partition.stride == 4 and cb.key_prefix == "explain"
+    assert cb.pami.batch_size == 32
+    assert {"explain/pointing_game", "explain/insertion"} == set(_metric_scores(cli.trainer, "explain"))
+    # The config LightningCLI saved runs again as it is.
+    saved = tmp_path / "config.yaml"
+    again = LightningCLI(_CLINet, args=["fit", "--config", str(saved)], save_config_kwargs={"overwrite": True})
+    (cb,) = [c for c in again.trainer.callbacks if isinstance(c, PAMICallback)]
+    assert cb.explainer.partition.radius == 8 and cb.pami.batch_size == 32
 
 
 def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None:
@@ -350,7 +367,7 @@ def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None
         warnings.filterwarnings("error", message="inputs range")  # samples pushed outside [0, 1]
         tr.validate(TinyNet(), loaders()[1], verbose=False)
     assert torch.equal(a._history.last_maps, b._history.last_maps)
-    assert list(scores(tr).values()) == list(scores(tr, "out").values())
+    assert list(_metric_scores(tr).values()) == list(_metric_scores(tr, "out").values())
 
 
 class _BatchCache(TinyNet):

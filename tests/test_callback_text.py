@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pami_lightning import AttentionMask, PAMICallback, TokenWindows, Words
+from pami_lightning.callbacks import PAMIOptions
 from pami_lightning.callbacks.text import text_batch_to_sample
 
 VOCAB = ["[PAD]", "the", "film", "was", "great", "awful", "plot", "very"]
@@ -71,8 +72,8 @@ def fit(tmp_path: Any, callback: PAMICallback, epochs: int = 2) -> tuple[TensorB
 def test_text_samples_are_explained_and_logged_to_tensorboard(tmp_path, partition):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    callback = PAMICallback(num_samples=3, partition=partition, masker=AttentionMask(), tokens=lambda ids: [VOCAB[i] for i in ids])
-    tb, csv = fit(tmp_path, callback)
+    callback = PAMICallback(num_samples=3, explainer=PAMIOptions(partition=partition, masker=AttentionMask()), tokens=lambda ids: [VOCAB[i] for i in ids])
+    tb, _csv = fit(tmp_path, callback)
     events = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
@@ -108,4 +109,4 @@ def test_text_batch_to_sample_unpacks_dicts_tuples_and_tensors():
 
 def test_tokens_must_be_callable():
     with pytest.raises(ValueError, match="tokens must be callable"):
-        PAMICallback(partition=Words(), masker=AttentionMask(), tokens=VOCAB)  # type: ignore[arg-type]
+        PAMICallback(explainer=PAMIOptions(partition=Words(), masker=AttentionMask()), tokens=VOCAB)  # type: ignore[arg-type]

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_cnn, random_images
 from pami_lightning.metrics import Deletion, EnergyPointingGame, Insertion, PointingGame
+
+from conftest import make_cnn, random_images
 
 N = 5
 SHARDS = {"uneven": (slice(0, 3), slice(3, 5)), "empty_rank": (slice(0, 5), slice(5, 5))}
@@ -39,19 +40,20 @@ def _metrics(**kwargs) -> dict[str, object]:
         "pointing_macro": PointingGame(num_classes=3, tolerance=4, **kwargs),
         "pointing_micro": PointingGame(num_classes=3, tolerance=4, average="micro", **kwargs),
         "pointing_none": PointingGame(num_classes=3, tolerance=4, average="none", **kwargs),
+        "pointing_relative": PointingGame(tolerance="relative", **kwargs),
         "energy": EnergyPointingGame(**kwargs),
+        "energy_min": EnergyPointingGame(baseline="min", **kwargs),
         "insertion": Insertion(model, step=16, batch_size=7, **kwargs),
         "deletion": Deletion(model, step=16, batch_size=7, **kwargs),
     }
 
 
 def _update(metric, data: dict[str, torch.Tensor], rows: slice) -> None:
-    if isinstance(metric, PointingGame):
-        metric.update(data["heatmaps"][rows], data["masks"][rows], data["labels"][rows])
-    elif isinstance(metric, EnergyPointingGame):
-        metric.update(data["heatmaps"][rows], data["masks"][rows])
-    else:
-        metric.update(data["images"][rows], data["heatmaps"][rows])
+    # One argument order for every metric: (heatmaps, masks, keywords each metric takes).
+    kwargs = {"labels": data["labels"][rows]} if getattr(metric, "num_classes", None) else {}
+    if isinstance(metric, (Insertion, Deletion)):
+        kwargs = {"images": data["images"][rows]}
+    metric.update(data["heatmaps"][rows], data["masks"][rows], **kwargs)
 
 
 def _results(metrics: dict[str, object]) -> dict[str, torch.Tensor]:

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from conftest import make_cnn, normalize, random_images
 from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
 from pami_lightning.metrics import Deletion, Insertion, PointingGame, boxes_to_mask
 from pami_lightning.metrics.functional import curve_auc, deletion, deletion_curves, insertion, insertion_curves
+
+from conftest import make_cnn, normalize, random_images
 
 
 def sum_logits(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def test_end_to_end_deletion_and_insertion_vectors():
     assert deletion(sum_model, X, SAL, step=1).item() == pytest.approx(0.492640, abs=1e-5)
     assert insertion(sum_model, X, SAL, step=1, substrate=Constant(0.0)).item() == pytest.approx(0.507360, abs=1e-5)
     metric = Deletion(sum_model, step=1)
-    metric.update(X, SAL)
+    metric.update(SAL, images=X)
     assert metric.compute().item() == pytest.approx(0.492640, abs=1e-5)
     torch.testing.assert_close(metric.curve()[1], DELETION_CURVE, atol=1e-5, rtol=0)
     torch.testing.assert_close(metric.curve()[0], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
@@ -145,15 +146,16 @@ def test_points_of_several_images_share_full_batches_and_results_do_not_depend_o
     model.calls.clear()
     got = insertion_curves(model, images, heatmaps, step=5, batch_size=7)
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
-    # One call for the clean images' top-1, then 90 step images as 12 full batches of 7 and a rest of 6.
-    assert model.calls == [3] + [7] * 12 + [6]
+    # 90 inputs: the 3 clean images first (their top-1 class, and the last point), then the other
+    # 87 step images, in 12 full batches of 7 and a rest of 6.
+    assert model.calls == [7] * 12 + [6]
 
 
 def test_model_is_not_a_submodule_and_copies_share_it():
     model = make_cnn()
     metric = Insertion(model, preprocess=nn.BatchNorm2d(3))  # a module preprocess stays unregistered too
     metric.persistent(True)
-    assert set(metric.state_dict()) == {"auc_sum", "count", "curve_sum"} and list(metric.children()) == []
+    assert set(metric.state_dict()) == {"insertion_auc_sum", "insertion_count", "insertion_curve_sum"} and list(metric.children()) == []
     assert not any(p is q for p in metric.parameters() for q in model.parameters())
     clone = metric.clone()
     assert clone.model is model and copy.deepcopy(metric).model is model
@@ -165,11 +167,13 @@ def test_forward_runs_the_model_once_per_point_and_accumulates():
     model = Recorder(make_cnn())
     images, heatmaps = random_images(4, 12, seed=5), torch.rand(4, 12, 12)
     metric = Deletion(model, step=16, batch_size=64)
-    batch_value = metric(images[:2], heatmaps[:2])
-    assert sum(model.calls) == 2 + 2 * 10  # top-1, then 10 points per image: no second update()
-    metric(images[2:], heatmaps[2:])
+    batch_value = metric(heatmaps[:2], images=images[:2])
+    # One batch: the clean images (top-1 and first point), 8 other points per image, one all-black
+    # image for both last points -- and no second update()
+    assert model.calls == [2 + 16 + 1]
+    metric(heatmaps[2:], images=images[2:])
     whole = Deletion(model, step=16)
-    whole.update(images, heatmaps)
+    whole.update(heatmaps, images=images)
     assert metric.compute().item() == pytest.approx(whole.compute().item(), abs=1e-6)
     torch.testing.assert_close(metric.curve()[1], whole.curve()[1])
     assert batch_value.item() == pytest.approx(curve_auc(deletion_curves(model, images[:2], heatmaps[:2], step=16)).mean().item(), abs=1e-6)
@@ -189,8 +193,8 @@ def test_step_and_n_steps_count_pixels_exactly(dtype):
     assert deletion_curves(count, ones, sal, n_steps=6).shape == (1, 7)
     # n_steps: one curve length for images of any size
     metric = Deletion(count, n_steps=6)
-    metric.update(torch.ones(1, 1, 3, 5), torch.rand(1, 3, 5))
-    metric.update(torch.ones(1, 1, 8, 8), torch.rand(1, 8, 8))
+    metric.update(torch.rand(1, 3, 5), images=torch.ones(1, 1, 3, 5))
+    metric.update(torch.rand(1, 8, 8), images=torch.ones(1, 1, 8, 8))
     assert metric.curve()[1].shape == (7,)
 
 
@@ -210,17 +214,21 @@ def test_insertion_and_deletion_errors():
     model = make_cnn()
     images, heatmaps = random_images(2, 8), torch.rand(2, 8, 8)
     with pytest.raises(ValueError, match="NaN or inf"):
-        Insertion(model).update(images, torch.full((2, 8, 8), float("nan")))
+        Insertion(model).update(torch.full((2, 8, 8), float("nan")), images=images)
     with pytest.raises(ValueError, match="same number of samples"):
-        Insertion(model).update(images, heatmaps[:1])
+        Insertion(model).update(heatmaps[:1], images=images)
     with pytest.raises(ValueError, match=r"\[B, h, w\]"):
-        Insertion(model).update(images, heatmaps[:, None])
+        Insertion(model).update(heatmaps[:, None], images=images)
     with pytest.raises(ValueError, match="floating-point"):
-        Insertion(model).update((images * 255).byte(), heatmaps)
+        Insertion(model).update(heatmaps, images=(images * 255).byte())
     with pytest.raises(ValueError, match="out of range"):
-        Deletion(model).update(images, heatmaps, target=7)
+        Deletion(model).update(heatmaps, images=images, target=7)
+    with pytest.raises(ValueError, match="out of range"):
+        Insertion(model).update(heatmaps, images=images, target=7)
     with pytest.raises(ValueError, match="one class per image"):
-        Deletion(model).update(images, heatmaps, target=[1, 2, 3])
+        Deletion(model).update(heatmaps, images=images, target=[1, 2, 3])
+    with pytest.raises(ValueError, match="needs the images"):
+        Deletion(model).update(heatmaps)
     with pytest.raises(ValueError, match="step"):
         Insertion(model, step=0)
     with pytest.raises(ValueError, match="n_steps"):
@@ -234,9 +242,9 @@ def test_insertion_and_deletion_errors():
     metric = Deletion(model, step=8)
     with pytest.raises(ValueError, match="update"):
         metric.curve()
-    metric.update(images, heatmaps)
+    metric.update(heatmaps, images=images)
     with pytest.raises(ValueError, match="pass n_steps="):
-        metric.update(random_images(1, 10), torch.rand(1, 10, 10))
+        metric.update(torch.rand(1, 10, 10), images=random_images(1, 10))
 
 
 @pytest.mark.parametrize("cls, higher", [(Insertion, True), (Deletion, False)])
@@ -244,7 +252,7 @@ def test_flags_and_plot(cls, higher):
     metric = cls(make_cnn(), step=20)
     assert metric.higher_is_better is higher and metric.full_state_update is False and metric.is_differentiable is False
     assert (metric.plot_lower_bound, metric.plot_upper_bound) == (0.0, 1.0)
-    metric.update(random_images(2, 10), torch.rand(2, 10, 10))
+    metric.update(torch.rand(2, 10, 10), images=random_images(2, 10))
     fig, ax = metric.plot()  # the mean curve with its AUC
     assert fig is not None and len(ax.lines) == 1 and len(ax.lines[0].get_xdata()) == 6
     fig, _ = metric.plot([metric.compute(), metric.compute()])
@@ -281,8 +289,133 @@ def test_known_answer_pami_points_at_the_box_and_beats_a_random_map():
     for name, heat in (("pami", maps), ("random", random_maps)):
         for cls in (Insertion, Deletion):
             metric = cls(model, step=48, batch_size=64)  # Insertion starts from RISE's Blur(11, 5)
-            metric.update(images, heat)
+            metric.update(heat, images=images)
             auc[name, cls.__name__] = metric.compute().item()
     assert auc["pami", "Insertion"] > auc["random", "Insertion"] + 0.15
     assert auc["pami", "Deletion"] < auc["random", "Deletion"] - 0.15
     assert auc["pami", "Insertion"] > auc["pami", "Deletion"]
+
+
+# ------------------------------------------------------------------ no input twice, curves unchanged
+
+
+def plain_curves(kind, model, images, heatmaps, step, substrate, target=None):
+    """The plain RISE loop over every image (one forward per point), as a [B, n + 1] tensor."""
+    rows = []
+    blurred = substrate.substrate(images)
+    for i in range(images.shape[0]):
+        t = int(model(images[i : i + 1]).argmax(1)) if target is None else int(target[i])
+        start, finish = (blurred[i], images[i]) if kind == "insertion" else (images[i], blurred[i])
+        rows.append(rise_curve(model, start, finish, heatmaps[i], step, t))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("kind", ["insertion", "deletion"])
+@pytest.mark.parametrize("substrate", [Constant(0.0), Blur(11, 5)], ids=["constant", "blur"])
+@pytest.mark.parametrize("step", [5, 16, 48], ids=["30_points_image_by_image", "10_points_vectorised", "4_points"])
+def test_curves_equal_the_plain_loop_on_every_build_path(kind, substrate, step):
+    model = make_cnn()
+    images = random_images(5, 12, seed=8)
+    heatmaps = torch.randint(0, 3, (5, 12, 12), generator=torch.Generator().manual_seed(2)).float()  # ties
+    fn = insertion_curves if kind == "insertion" else deletion_curves
+    want = plain_curves(kind, model, images, heatmaps, step, substrate)
+    for batch_size in (3, 64):
+        got = fn(model, images, heatmaps, step=step, substrate=substrate, batch_size=batch_size)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def dyadic(b: int, size: int, seed: int) -> torch.Tensor:
+    """Images of multiples of 1/8: every sum the model below takes is exact in float32."""
+    return torch.randint(0, 9, (b, 3, size, size), generator=torch.Generator().manual_seed(seed)).float() / 8
+
+
+class SumModel(nn.Module):
+    """Logits [sum(x) / 64 - 2, mean of channel 0 - 0.5, 0]: exact on dyadic images, per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        s = x.flatten(1).sum(1)
+        return torch.stack([s / 64 - 2, x[:, 0].flatten(1).sum(1) / x[0, 0].numel() - 0.5, torch.zeros_like(s)], dim=1)
+
+
+@pytest.mark.parametrize("kind", ["insertion", "deletion"])
+@pytest.mark.parametrize("step", [3, 20])
+def test_curves_are_bit_for_bit_the_plain_loop_with_an_exact_model(kind, step):
+    model = SumModel()
+    images, heatmaps = dyadic(4, 8, seed=1), torch.randint(0, 4, (4, 8, 8), generator=torch.Generator().manual_seed(5)).float()
+    substrate = Constant(0.25)
+    fn = insertion_curves if kind == "insertion" else deletion_curves
+    want = plain_curves(kind, model, images, heatmaps, step, substrate)
+    assert torch.equal(fn(model, images, heatmaps, step=step, substrate=substrate, batch_size=5), want)
+    target = torch.tensor([0, 1, 1, 2])
+    want = plain_curves(kind, model, images, heatmaps, step, substrate, target=target)
+    assert torch.equal(fn(model, images, heatmaps, target, step=step, substrate=substrate, batch_size=5), want)
+
+
+@pytest.mark.parametrize("kind", ["insertion", "deletion"])
+def test_no_input_runs_twice(kind):
+    model = SumModel()
+    images, heatmaps = dyadic(3, 8, seed=2), torch.rand(3, 8, 8)
+    fn = insertion_curves if kind == "insertion" else deletion_curves
+    points = 64 // 16 + 1  # 5
+    # target=None: the clean images give the top-1 class and the clean point; a constant substrate
+    # is one image for all.
+    fn(model, images, heatmaps, step=16, substrate=Constant(0.0), batch_size=100)
+    assert model.calls == [3 + 3 * (points - 2) + 1]
+    model.calls.clear()
+    fn(model, images, heatmaps, step=16, substrate=Constant(0.0), batch_size=4)
+    assert model.calls == [4, 4, 4, 1]  # always full batches
+    # A given target without the clean pass: the clean image is a step image like the others.
+    model.calls.clear()
+    fn(model, images, heatmaps, [0, 1, 2], step=16, substrate=Constant(0.0), batch_size=100)
+    assert model.calls == [3 * (points - 1) + 1]
+    # A substrate that differs per image (a blur) is run per image; a clean pass given as clean= is not run again.
+    clean = ModelCall(model).clean(images, torch.tensor([0, 1, 2]))
+    model.calls.clear()
+    with_clean = fn(model, images, heatmaps, step=16, substrate=Blur(3, 1), clean=clean, batch_size=100)
+    assert model.calls == [3 * (points - 1)]
+    assert torch.equal(with_clean, fn(model, images, heatmaps, [0, 1, 2], step=16, substrate=Blur(3, 1)))
+    # One image: nothing to share.
+    model.calls.clear()
+    fn(model, images[:1], heatmaps[:1], 0, step=16, substrate=Constant(0.0))
+    assert model.calls == [points]
+
+
+def test_clean_must_match_the_target_and_the_images():
+    model = SumModel()
+    images, heatmaps = dyadic(2, 8, seed=3), torch.rand(2, 8, 8)
+    clean = ModelCall(model).clean(images)
+    with pytest.raises(ValueError, match="differ"):
+        deletion_curves(model, images, heatmaps, (clean.target + 1) % 3, clean=clean)
+    with pytest.raises(ValueError, match="clean must be"):
+        deletion_curves(model, images[:1], heatmaps[:1], clean=clean)
+
+
+def test_a_shared_substrate_scores_any_output_structure_per_target():
+    def score(outputs, target):
+        return outputs["logits"].float().softmax(1).gather(1, target[:, None]).squeeze(1)
+
+    inner = make_cnn()
+    call = ModelCall(inner, forward=lambda m, x: {"logits": m(x)}, output=score)
+    images, heatmaps = random_images(4, 12, seed=9), torch.rand(4, 12, 12)
+    target = torch.tensor([0, 3, 3, 1])
+    got = deletion_curves(call, images, heatmaps, target, step=16, batch_size=5)
+    want = plain_curves("deletion", inner, images, heatmaps, 16, Constant(0.0), target=target)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_old_update_order_still_runs_with_a_warning():
+    model = make_cnn()
+    images, heatmaps = random_images(2, 12, seed=4), torch.rand(2, 12, 12)
+    new, old = Insertion(model, step=16), Insertion(model, step=16)
+    new.update(heatmaps, images=images)
+    with pytest.warns(FutureWarning, match=r"update\(heatmaps, images=images\)") as record:
+        old.update(images, heatmaps)
+    assert record[0].filename == __file__  # points at the caller's line
+    assert torch.equal(new.compute(), old.compute()) and torch.equal(new.curve()[1], old.curve()[1])
+    with pytest.raises(ValueError, match="needs the images"):
+        Deletion(model).update(heatmaps, torch.rand(2, 12, 12) > 0.5)

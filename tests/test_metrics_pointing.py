@@ -81,7 +81,7 @@ def test_averaging_modes_worked_vector():
         metric.update(heatmaps, masks, labels)
         results[average] = metric.compute()
         assert metric.hits.tolist() == [2, 0, 0] and metric.misses.tolist() == [1, 1, 0]
-        torch.testing.assert_close(results[average], pointing_game(heatmaps, masks, labels, num_classes=3, average=average))
+        torch.testing.assert_close(results[average], pointing_game(heatmaps, masks, labels=labels, num_classes=3, average=average))
     assert results["macro"].item() == pytest.approx(1 / 3, abs=1e-6)  # classes present: (2/3 + 0) / 2
     assert results["micro"].item() == pytest.approx(0.5, abs=1e-6)  # 2 hits of 4
     torch.testing.assert_close(results["none"], torch.tensor([2 / 3, 0.0, 0.0]))
@@ -108,12 +108,14 @@ def test_matches_slow_reference_with_resize(tolerance):
     assert metric.hits.item() + metric.misses.item() == 11
 
 
-def test_first_maximum_and_constant_map_point_at_the_origin():
+def test_first_maximum_breaks_ties_and_a_flat_map_misses_unless_torchray_rule():
     corner = torch.zeros(1, 10, 10, dtype=torch.bool)
     corner[0, 0, 0] = True
-    assert pointing_game(torch.ones(1, 10, 10), corner, tolerance=0).item() == 1.0
+    # TorchRay: a constant map points at (0, 0) -- a hit here. Ours: a flat map is a miss.
+    assert pointing_game(torch.ones(1, 10, 10), corner, tolerance=0).item() == 0.0
+    assert pointing_game(torch.ones(1, 10, 10), corner, tolerance=0, flat_tol=None).item() == 1.0
     tie = torch.zeros(1, 10, 10)
-    tie[0, 2, 7] = tie[0, 5, 1] = 1.0  # row 2 comes first in row-major order
+    tie[0, 2, 7] = tie[0, 5, 1] = 1.0  # not flat: two maxima, row 2 comes first in row-major order
     mask = torch.zeros(1, 10, 10, dtype=torch.bool)
     mask[0, 2, 7] = True
     assert pointing_game(tie, mask, tolerance=0).item() == 1.0
@@ -172,6 +174,15 @@ def test_pointing_game_errors():
         PointingGame(average="weighted")
     with pytest.raises(ValueError, match="tolerance"):
         PointingGame(tolerance=-1)
+    with pytest.raises(ValueError, match="relative"):
+        PointingGame(tolerance="image")
+    with pytest.raises(ValueError, match="flat_tol"):
+        PointingGame(flat_tol=-1e-3)
+    with pytest.raises(ValueError, match="reduction"):
+        pointing_game(h, m, reduction="sum")
+    # The old positional labels (heatmaps, masks, labels) land on tolerance: a clear error, not a silent swap.
+    with pytest.raises(TypeError, match="keyword arguments"):
+        pointing_game(h, m, torch.tensor([0, 1]), num_classes=3)
 
 
 # ------------------------------------------------------------------ boxes_to_mask
@@ -213,29 +224,37 @@ def test_boxes_to_mask_errors():
 # ------------------------------------------------------------------ energy pointing game
 
 
-def slow_energy(saliency: torch.Tensor, mask: torch.Tensor) -> float | None:
+def slow_energy(saliency: torch.Tensor, mask: torch.Tensor, baseline: str = "none") -> float | None:
+    """The energy share written out: None for an empty mask; 0 for a flat map or one without positive energy."""
     sal = F.interpolate(saliency[None, None].double(), size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-    pos = torch.relu(sal)
-    if not mask.any() or pos.sum() == 0:
+    if not mask.any():
         return None
-    return float(pos[mask].sum() / pos.sum())
+    if float(sal.max() - sal.min()) <= 1e-6 * max(abs(float(sal.max())), abs(float(sal.min()))):
+        return 0.0
+    pos = torch.relu(sal - sal.min() if baseline == "min" else sal)
+    return float(pos[mask].sum() / pos.sum()) if pos.sum() > 0 else 0.0
 
 
-def test_energy_matches_slow_formula_and_skips():
+@pytest.mark.parametrize("baseline", ["none", "min"])
+def test_energy_matches_slow_formula_counts_flat_maps_as_zero_and_skips_empty_masks(baseline):
     g = torch.Generator().manual_seed(3)
     heatmaps = torch.randn(6, 6, 8, generator=g)
-    heatmaps[2] = -1.0  # no positive energy: skipped
+    heatmaps[2] = -1.0  # flat (and no positive energy): counted, 0
+    heatmaps[5] = -heatmaps[5].abs() - 0.1  # no positive energy under "none": 0; not flat
     masks = torch.rand(6, 12, 16, generator=g) > 0.6
     masks[4] = False  # empty mask: skipped
-    values = [slow_energy(heatmaps[i], masks[i]) for i in range(6)]
+    values = [slow_energy(heatmaps[i], masks[i], baseline) for i in range(6)]
     kept = [v for v in values if v is not None]
-    assert len(kept) == 4
-    metric = EnergyPointingGame()
+    assert len(kept) == 5 and values[2] == 0.0 and (values[5] == 0.0) == (baseline == "none")
+    metric = EnergyPointingGame(baseline=baseline)
     metric.update(heatmaps[:3], masks[:3])
     metric.update(heatmaps[3:], masks[3:])
-    assert metric.count.item() == 4
-    assert metric.compute().item() == pytest.approx(sum(kept) / 4, abs=1e-6)
-    assert energy_pointing_game(heatmaps, masks).item() == pytest.approx(sum(kept) / 4, abs=1e-6)
+    assert metric.count.item() == 5
+    assert metric.compute().item() == pytest.approx(sum(kept) / 5, abs=1e-6)
+    assert energy_pointing_game(heatmaps, masks, baseline=baseline).item() == pytest.approx(sum(kept) / 5, abs=1e-6)
+    per_sample = energy_pointing_game(heatmaps, masks, baseline=baseline, reduction="none")
+    assert per_sample[4].isnan() and per_sample[2] == 0
+    torch.testing.assert_close(per_sample[~per_sample.isnan()].double(), torch.tensor(kept, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")
@@ -247,6 +266,10 @@ def test_energy_edge_cases_and_errors():
         EnergyPointingGame().update(torch.rand(1, 4, 4), full.long())
     with pytest.raises(ValueError, match="NaN or inf"):
         EnergyPointingGame().update(torch.tensor([[[float("inf")]]]), full[:, :1, :1])
+    with pytest.raises(ValueError, match="baseline"):
+        EnergyPointingGame(baseline="blur")
+    with pytest.raises(ValueError, match="reduction"):
+        energy_pointing_game(torch.rand(1, 4, 4), full, reduction="sum")
 
 
 # ------------------------------------------------------------------ torchmetrics conventions

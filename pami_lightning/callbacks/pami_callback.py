@@ -9,6 +9,8 @@ logs the scores, heatmap overlays and explanation drift next to the validation m
 from __future__ import annotations
 
 import copy
+import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Optional, Union
 
@@ -18,22 +20,26 @@ from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from .._inputs import Batch, batch_len, main_tensor
+from .._inputs import main_tensor
 from ..explainer import PAMI
 from ..forward import Clean
-from ..maskers import Masker
-from ..partitions.base import Partition
+from .cost import CountedCall, PassesBar, expected_passes, windows_per_sample
+from .distributed import broadcast_outcome, gather_shards, guard
 from .drift import DriftHistory
 from .logging import dispatch
+from .options import PAMIOptions, warn_if_coarse, with_window_budget
 from .pictures import Pictures
 from .report import Explained, build_report, table_rows
-from .samples import Sample, default_batch_to_sample, isolated_rng, load_items, pad_to, shard
-from .scoring import MASK_METRICS, METRICS, MetricName, Scorer
-from .text import TokensFn, is_text, select_rows, spatial_shape, text_batch_to_sample
+from .samples import Sample, default_batch_to_sample, digest, isolated_rng, load_items, shard
+from .scoring import METRICS, MODEL_METRICS, MetricName, Scorer, causal_points, mean
+from .text import TokensFn, select_rows, spatial_shape, text_batch_to_sample
+
+#: What is logged for a metric before it has any value to carry over.
+WORST: dict[str, float] = {"pointing_game": 0.0, "energy_pointing_game": 0.0, "insertion": 0.0, "deletion": 1.0}
 
 
 class PAMICallback(Callback):
@@ -44,75 +50,114 @@ class PAMICallback(Callback):
     the validation scalars:
 
     - ``<key_prefix>/<metric>`` for each of ``metrics`` through ``pl_module.log``, so ModelCheckpoint
-      and EarlyStopping can monitor them (``pointing_game`` pools all samples; ``insertion`` and
-      ``deletion`` are mean RISE AUCs);
+      and EarlyStopping can monitor them: ``pointing_game`` (a map without a unique maximum — a flat
+      map — counts as a miss, unlike TorchRay, which takes the first maximum), ``energy_pointing_game``
+      (baseline-subtracted: the map's minimum removed first, so a uniform map scores no energy), and
+      ``insertion`` / ``deletion``, mean RISE AUCs;
     - ``<key_prefix>/stability``: the mean Spearman rank correlation of each sample's map with its map
       at the previous explained validation (from the second one on);
-    - images: an overlay grid, one overlay per sample and a timeline (one row per sample, one column
-      per explained validation) to TensorBoard, W&B (with captions and a sample x validation table)
-      or, for other loggers with a ``log_dir`` such as CSVLogger, PNG files and an ``.npz`` of the maps.
+    - once per set of samples, ``<key_prefix>/pointing_game_center`` and ``.../pointing_game_random``:
+      the pointing game of the image centre and of a random point (the paper's Table 4 baselines), so
+      the pointing game can be read against chance;
+    - per explanation ``<key_prefix>/seconds`` (wall time, pictures included) and ``.../passes``
+      (forward passes, all ranks), and at every validation ``.../carried_over`` and ``.../failed``
+      (1 or 0, see below);
+    - images: overlays and a timeline to TensorBoard, W&B or, for other loggers with a ``log_dir``
+      (e.g. CSVLogger), files (see :mod:`pami_lightning.callbacks.logging`).
 
-    The samples are picked once without any random generator (evenly spaced over the validation
-    dataset, or ``sample_indices``), read from ``trainer.val_dataloaders[dataloader_idx].dataset``,
-    collated with the loader's ``collate_fn`` (under DDP, global rank zero's samples are broadcast to
-    every rank) and passed through the same transfer hooks as validation batches, so each sample's
-    map can be followed from one validation to the next.
+    While it works, the forward passes show on the trainer's progress bar.
+
+    **Samples.** Picked without any random generator (evenly spaced over the dataset, or
+    ``sample_indices``), read from the dataset of ``trainer.val_dataloaders[dataloader_idx]``
+    (``test_dataloaders`` under ``trainer.test()``), collated with the loader's ``collate_fn`` (under
+    DDP, global rank zero's are broadcast to every rank) and passed through the same transfer hooks
+    as validation batches. They are read again whenever the loader's dataset is another object (a
+    reused callback, ``reload_dataloaders_every_n_epochs``, validate/test); when they then differ,
+    the drift history starts afresh.
+
+    **Checks before training.** At the start of fit (and of validate/test when explaining there) the
+    samples are read and checked — dataset indices, ``dataloader_idx``, one image size, labels, the
+    engine's input checks (floating-point images in ``[0, 1]``, channels first) and one clean forward
+    pass (labels within the model's classes) — so configuration errors stop the run before its
+    first training step. The samples' size then fixes the window budget and the default pointing
+    tolerance, and settings sized for larger images warn (a window radius of half the image or
+    more, a tolerance above a tenth of it, shifts beyond a quarter of it).
+
+    **Every n-th validation.** The first validation and every ``every_n_validations``-th after it
+    are explained (validations 1, 1 + n, 1 + 2n, ...). The others log the last values again with
+    ``carried_over`` = 1, so monitors find their key at every validation; EarlyStopping's
+    ``patience`` counts validations, carried ones included.
+
+    **Faults never stop training.** An error while explaining, scoring or logging during a run is
+    reported as a warning with its cause, the last values are carried over (each metric's worst
+    value when there is none yet) and ``failed`` is logged as 1; the run goes on (every rank learns of a failure on any rank, so DDP never hangs).
+    ``on_error="raise"`` stops the run instead. fast_dev_run, runs without validation batches and the
+    sanity check are skipped.
+
+    **Resume.** The validation count, the drift history and the last values are kept in checkpoints.
+    A resume with other settings (partition, masker, shifts, target) or other samples, or under
+    another ``key_prefix`` / ``dataloader_idx``, starts the drift history afresh, with a warning.
 
     It never changes training: the random states, every submodule's train/eval mode and the weights
-    are untouched, the model runs without autograd (under the trainer's ``no_grad`` inside ``fit``,
-    as validation steps do), and the sanity check is skipped.
+    are untouched, and the model runs without autograd.
 
     Args:
-        num_samples: how many validation samples to explain, evenly spaced over the validation
-            dataset (default 8). Ignored when ``sample_indices`` is given.
+        num_samples: how many samples to explain, evenly spaced over the dataset (default 8).
+            Ignored when ``sample_indices`` is given.
         sample_indices: dataset indices of the samples to explain.
-        partition: how images are split (default ``SlidingWindow(radius=40, stride=6)``).
-        masker: what replaces the removed parts (default ``Blur(49, 100)``).
-        preprocess: applied to masked images before the model (e.g. normalisation); the samples must
-            be pixel-space images in ``[0, 1]``.
-        output: ``"softmax"`` (default), ``"sigmoid"``, ``"identity"`` or ``callable(outputs, target) -> [N]``.
-        batch_size: masked images per forward call (default 64).
-        explainer: a ready :class:`~pami_lightning.PAMI` whose settings and model call
-            (``explainer.call``: model, ``forward``, preprocess, output, autocast) are used, instead
-            of ``partition`` / ``masker`` / ``preprocess`` / ``output`` / ``batch_size``. The callback
-            runs a copy whose model calls keep the trainer's ``no_grad``; the given one is unchanged.
-        dataloader_idx: which validation dataloader the samples come from (default 0).
+        explainer: the explainer: :class:`~pami_lightning.callbacks.PAMIOptions` (default
+            ``PAMIOptions()``: size-aware windows, the paper's blur), built around the LightningModule
+            at setup, or a ready :class:`~pami_lightning.PAMI`, used as given (the callback runs a
+            copy whose forward passes it counts; the given one is unchanged).
+        dataloader_idx: which validation (or test) dataloader the samples come from (default 0).
         target: explain each sample's ``"label"`` (default) or the model's ``"pred"`` (top-1).
-        every_n_val_epochs: explain every n-th validation run (default 1: all). The keys are logged
-            only at explained validations: an ``EarlyStopping`` monitoring them then needs ``strict=False``.
+        every_n_validations: explain the first validation and every n-th after it (default 1: all);
+            it counts validation runs, several per epoch with ``val_check_interval < 1``.
         metrics: scores to log, any of ``"pointing_game"``, ``"energy_pointing_game"`` (need object
             masks), ``"insertion"``, ``"deletion"`` (default: all four).
-        pointing_tolerance: pointing game tolerance in pixels (default 15, TorchRay's); 0 means the
-            map's maximum must lie inside the mask.
-        pictures: what the logged pictures show and how (:class:`~pami_lightning.callbacks.Pictures`:
-            ``enabled``, ``max_images``, ``cmap``, ``alpha``, ``scale``, ``class_names``; default ``Pictures()``).
+        pointing_tolerance: pointing game tolerance in pixels (default None: 15/224 of the masks'
+            smaller side, TorchRay's 15 px at 224 px); 0 means the maximum must lie inside the mask.
+        max_passes: forward passes per explained validation, at most (default None: no budget). The
+            callback meets it by widening the windows' stride (the radius is kept; a ``SlidingWindow``
+            partition is needed), after the clean passes and the insertion / deletion curves, and
+            logs the stride it chose.
+        pictures: what the logged pictures show and how (:class:`~pami_lightning.callbacks.Pictures`,
+            or a dict of its arguments; default ``Pictures()``).
         key_prefix: prefix of every logged key (default ``"pami"``).
-        batch_to_sample: turns a collated validation batch into ``(images, labels, masks)`` or a
+        batch_to_sample: turns a collated batch into ``(images, labels, masks)`` or a
             :class:`~pami_lightning.callbacks.Sample`; the default understands ``x``, ``(x, y)``,
-            ``(x, y, mask)`` and dicts with ``image``/``input``, ``label``/``target``, ``mask``/``boxes`` keys.
-        on_validate: also explain under ``trainer.validate()`` (default False).
+            ``(x, y, mask)`` and dicts with ``image``/``input``, ``label``/``target``, ``mask``/``boxes``
+            keys (for text: ids, ``(ids, labels)`` and tokenizer dicts with a ``label`` key).
         tokens: text samples: turns a sample's token ids into the strings shown, e.g.
             ``tokenizer.convert_ids_to_tokens`` (default: the ids themselves).
+        on_validate: also explain under ``trainer.validate()`` (default False).
+        on_test: also explain under ``trainer.test()``, samples from the test dataloader (default False).
+        on_error: ``"warn"`` (default: report, flag and go on) or ``"raise"``.
+        every_n_val_epochs: deprecated name of ``every_n_validations``.
 
     Text: with a token partition (``TokenWindows`` / ``Words`` and ``TokenMask`` / ``AttentionMask``)
-    the samples are token ids or dicts (``input_ids``, ``attention_mask``, ``word_ids``, ... and a
-    ``label`` key), the model is called ``model(**inputs)``, and each sample is logged as its tokens
-    highlighted by importance (images to TensorBoard, ``wandb.Html`` to W&B, PNG and HTML files
-    otherwise). Only ``stability`` is scored: the other metrics need images.
+    the samples are token ids or dicts, the model is called ``model(**inputs)``, and each sample is
+    logged as its tokens highlighted by importance. Only ``stability`` is scored: the other metrics
+    need images.
+
+    Attributes:
+        pami: the :class:`~pami_lightning.PAMI` the callback runs, built at setup (its partition
+            within the ``max_passes`` budget once the samples' size is known).
 
     Raises:
-        ValueError: on an invalid argument.
+        ValueError, TypeError: on an invalid argument.
         MisconfigurationException: with FSDP / DeepSpeed / model-parallel strategies (each rank calls
-            the module on its own shard) or without a validation dataloader.
+            the module on its own shard) or without the dataloader the samples come from.
 
     Example::
 
         import lightning as L
         from lightning.pytorch.loggers import TensorBoardLogger
         from pami_lightning import PAMICallback, SlidingWindow
+        from pami_lightning.callbacks import PAMIOptions
 
         trainer = L.Trainer(
-            callbacks=[PAMICallback(num_samples=8, partition=SlidingWindow(radius=16, stride=4))],
+            callbacks=[PAMICallback(num_samples=8, explainer=PAMIOptions(partition=SlidingWindow(radius=16, stride=4)))],
             logger=TensorBoardLogger("logs"),
         )
     """
@@ -121,75 +166,89 @@ class PAMICallback(Callback):
         self,
         num_samples: int = 8,
         sample_indices: Optional[Sequence[int]] = None,
-        partition: Optional[Partition] = None,
-        masker: Optional[Masker] = None,
-        preprocess: Optional[Callable[[Tensor], Tensor]] = None,
-        output: Union[Literal["softmax", "sigmoid", "identity"], Callable[[Tensor, Tensor], Tensor]] = "softmax",
-        batch_size: int = 64,
-        explainer: Optional[PAMI] = None,
+        explainer: Optional[Union[PAMIOptions, PAMI]] = None,
         dataloader_idx: int = 0,
         target: Literal["label", "pred"] = "label",
-        every_n_val_epochs: int = 1,
+        every_n_validations: int = 1,
         metrics: Sequence[MetricName] = METRICS,
-        pointing_tolerance: float = 15,
+        pointing_tolerance: Optional[float] = None,
+        max_passes: Optional[int] = None,
         pictures: Optional[Union[Pictures, Mapping[str, Any]]] = None,
         key_prefix: str = "pami",
         batch_to_sample: Optional[Callable[[Any], Any]] = None,
-        on_validate: bool = False,
         tokens: Optional[TokensFn] = None,
+        on_validate: bool = False,
+        on_test: bool = False,
+        on_error: Literal["warn", "raise"] = "warn",
+        every_n_val_epochs: Optional[int] = None,
     ) -> None:
+        if every_n_val_epochs is not None:
+            warnings.warn("PAMICallback(every_n_val_epochs=) is deprecated: it counts validation runs, not epochs — use every_n_validations=",
+                          DeprecationWarning, stacklevel=2)
+            every_n_validations = every_n_val_epochs
         if sample_indices is not None:
             sample_indices = [int(i) for i in sample_indices]
             if not sample_indices or len(set(sample_indices)) != len(sample_indices):
                 raise ValueError(f"sample_indices must be non-empty and without repeats; got {sample_indices}")
         elif num_samples < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}")
-        if explainer is not None and (
-            partition is not None or masker is not None or preprocess is not None or output != "softmax" or batch_size != 64
-        ):
-            raise ValueError("pass either explainer= or partition/masker/preprocess/output/batch_size, not both")
-        if explainer is None:
-            # Validate the engine's arguments now; the real explainer needs the LightningModule (setup).
-            PAMI(torch.nn.Identity(), partition, masker, preprocess, output, batch_size)
+        if explainer is not None and not isinstance(explainer, (PAMIOptions, PAMI)):
+            raise TypeError(f"explainer must be PAMIOptions(...) or a PAMI; got {type(explainer).__name__}")
         if target not in ("label", "pred"):
             raise ValueError(f'target must be "label" or "pred"; got "{target}"')
-        if every_n_val_epochs < 1:
-            raise ValueError(f"every_n_val_epochs must be >= 1; got {every_n_val_epochs}")
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be >= 1; got {every_n_validations}")
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-        if pointing_tolerance < 0:
-            raise ValueError(f"pointing_tolerance must be >= 0 pixels; got {pointing_tolerance}")
+        if pointing_tolerance is not None and pointing_tolerance < 0:
+            raise ValueError(f"pointing_tolerance must be >= 0 pixels, or None for 15/224 of the image; got {pointing_tolerance}")
+        if max_passes is not None:
+            if max_passes < 1:
+                raise ValueError(f"max_passes must be >= 1 forward passes per validation, or None; got {max_passes}")
+            partition = explainer.partition if explainer is not None else None
+            if partition is not None:
+                with_window_budget(partition, 1)  # refuses partitions without a stride to widen
         if not key_prefix:
             raise ValueError("key_prefix must be a non-empty string")
-        if batch_to_sample is not None and not callable(batch_to_sample):
-            raise ValueError(f"batch_to_sample must be callable; got {type(batch_to_sample).__name__}")
-        if tokens is not None and not callable(tokens):
-            raise ValueError(f"tokens must be callable (ids -> token strings); got {type(tokens).__name__}")
+        for name, value in (("batch_to_sample", batch_to_sample), ("tokens", tokens)):
+            if value is not None and not callable(value):
+                raise ValueError(f"{name} must be callable; got {type(value).__name__}")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f'on_error must be "warn" or "raise"; got "{on_error}"')
 
-        self.num_samples, self.sample_indices = num_samples, sample_indices
-        self.partition, self.masker, self.preprocess, self.output, self.batch_size = partition, masker, preprocess, output, batch_size
-        self.explainer = self._given_explainer = explainer
-        self.dataloader_idx, self.target, self.every_n_val_epochs = dataloader_idx, target, every_n_val_epochs
+        self.num_samples, self.sample_indices, self.explainer = num_samples, sample_indices, explainer
+        self.dataloader_idx, self.target, self.every_n_validations = dataloader_idx, target, every_n_validations
         self.metrics = list(dict.fromkeys(metrics))
-        self.pointing_tolerance = pointing_tolerance
+        self.pointing_tolerance, self.max_passes = pointing_tolerance, max_passes
         self.pictures = Pictures(**pictures) if isinstance(pictures, Mapping) else pictures if pictures is not None else Pictures()
-        self.key_prefix = key_prefix
-        self.batch_to_sample = batch_to_sample or default_batch_to_sample
-        self.on_validate, self.tokens = on_validate, tokens
-        self._text = False  # token sequences instead of images: set in setup from the partition
+        self.key_prefix, self.batch_to_sample, self.tokens = key_prefix, batch_to_sample, tokens
+        self.on_validate, self.on_test, self.on_error = on_validate, on_test, on_error
 
-        self._val_count = 0  # fit validation runs seen (not the sanity check), kept in checkpoints
-        self._history = DriftHistory()
-        self._indices: Optional[list[int]] = None  # dataset indices of the samples, chosen once
-        self._batch: Any = None  # their collated batch, on the CPU, before the transfer hooks
+        self.pami: Optional[PAMI] = None  #: the PAMI the callback runs (built at setup)
+        self._call: Optional[CountedCall] = None  # its model call, counting forward passes
+        self._partition: Any = None  # the partition before the window budget
         self._scorer: Optional[Scorer] = None
-        self._warned_no_masks = self._warned_no_logger = False
+        self._text = False  # token sequences instead of images (from the partition)
+        # Kept in checkpoints: fit validation runs seen, the drift history, the last logged values and
+        # what the history's maps were made of (settings and samples).
+        self._val_count = 0
+        self._history = DriftHistory()
+        self._last: dict[str, float] = {}
+        self._made_of: Optional[tuple[str, str]] = None
+        # The samples: read per run, again when the loader's dataset changes.
+        self._dataset: Any = None
+        self._indices: list[int] = []
+        self._sample: Optional[Sample] = None  # on the device, after the transfer hooks
+        self._baselines_due = False
+        self._warned_no_masks = False
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(key_prefix=self.key_prefix, dataloader_idx=self.dataloader_idx)
+
+    # ------------------------------------------------------------------ hooks
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -199,154 +258,301 @@ class PAMICallback(Callback):
                 "does not allow (every forward is a collective there); use a DDP or single-device strategy"
             )
         # Built per run: a later fit or validate may bring another LightningModule.
-        explainer = self._given_explainer
-        if explainer is None:
-            explainer = PAMI(pl_module, self.partition, self.masker, self.preprocess, self.output, self.batch_size, progress=False)
-        # The model calls keep the trainer's own grad-free context: no_grad inside fit, where a tensor
-        # the model caches in inference mode would break the next training step (and no_grad inside
-        # validate()'s inference mode stays inference mode). A copy: the user's explainer is untouched.
-        self.explainer = copy.copy(explainer)
-        self.explainer.call = explainer.call.replace(inference_mode=False)
-        self._text = is_text(self.explainer)
-        if self._text:
-            self.metrics = []  # pointing games, insertion and deletion need images
-        self._scorer = Scorer(self.metrics, self.explainer.call, self.pointing_tolerance)
-        if not trainer.loggers and not self._warned_no_logger:
-            self._warned_no_logger = True
-            rank_zero_warn(
-                "PAMICallback: the Trainer has no logger, so no images are logged; "
-                f"the scores are still in trainer.callback_metrics under '{self.key_prefix}/...'"
-            )
+        given = self.explainer if isinstance(self.explainer, PAMI) else (self.explainer or PAMIOptions()).build(pl_module)
+        self.pami = copy.copy(given)
+        self._call = CountedCall(given.call)
+        self.pami.call, self.pami.progress = self._call, False
+        self._partition = given.partition
+        if self.max_passes is not None:
+            with_window_budget(self._partition, 1)
+        self._text = not given.partition.channel_axis
+        self._scorer = Scorer([] if self._text else self.metrics, self.pami.call, self.pointing_tolerance)
+        self._dataset, self._sample = None, None
+        if not trainer.loggers:
+            rank_zero_warn(f"PAMICallback: the Trainer has no logger, so no images are logged; the scores are still in "
+                           f"trainer.callback_metrics under '{self.key_prefix}/...'")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if _fast_dev_run(trainer):
+            rank_zero_info("PAMICallback: fast_dev_run, so nothing is explained")
+        elif trainer.val_dataloaders is not None:  # None without validation batches (or before a later first validation)
+            self._prepare(trainer, pl_module, trainer.val_dataloaders)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and self.on_validate and not _fast_dev_run(trainer):
+            self._prepare(trainer, pl_module, trainer.val_dataloaders)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.on_test and not _fast_dev_run(trainer):
+            self._prepare(trainer, pl_module, trainer.test_dataloaders)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or _fast_dev_run(trainer):
             return
         if trainer.state.fn == TrainerFn.FITTING:
             self._val_count += 1
-            if self._val_count % self.every_n_val_epochs:
+            if (self._val_count - 1) % self.every_n_validations:
+                self._log(pl_module, self._last, carried=True, failed=False)
                 return
-        elif not (trainer.state.fn == TrainerFn.VALIDATING and self.on_validate):
-            return
-        with isolated_rng(pl_module.device):
-            result = self._explain(trainer, pl_module)
-            self._log(trainer, pl_module, result)
+            self._run(trainer, pl_module, trainer.val_dataloaders)
+        elif trainer.state.fn == TrainerFn.VALIDATING and self.on_validate:
+            self._run(trainer, pl_module, trainer.val_dataloaders)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.on_test and not _fast_dev_run(trainer):
+            self._run(trainer, pl_module, trainer.test_dataloaders)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"val_count": self._val_count, "history": self._history.state_dict()}
+        return {"val_count": self._val_count, "history": self._history.state_dict(), "last": dict(self._last), "made_of": self._made_of}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._val_count = state_dict["val_count"]
         self._history.load_state_dict(state_dict["history"])
+        self._last = dict(state_dict.get("last", {}))
+        made_of = state_dict.get("made_of")
+        self._made_of = (made_of[0], made_of[1]) if made_of is not None else None
 
-    # ------------------------------------------------------------------ the work
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return
+        claimed = {c.state_key for c in getattr(trainer, "callbacks", []) if isinstance(c, PAMICallback)}
+        others = [key for key in states if key.startswith(type(self).__qualname__) and key not in claimed]
+        if others:
+            rank_zero_warn(f"PAMICallback: the checkpoint holds PAMICallback state under {others[0]}, not under this callback's "
+                           f"{self.state_key} (another key_prefix or dataloader_idx): its drift history starts afresh")
 
-    def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Explained:
-        """Explain this rank's shard, gather all shards and score them (every rank, same collectives)."""
-        assert self.explainer is not None and self._scorer is not None
-        sample = self._samples(trainer, pl_module)
-        assert self._indices is not None
-        part, size = shard(batch_len(sample.images), trainer.global_rank, trainer.world_size)
-        images = select_rows(sample.images, part)
-        self._scorer.to(pl_module.device)
-        # Hooks run outside the precision context; the model must see what validation_step sees.
+    # ------------------------------------------------------------------ samples
+
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> None:
+        """Read and check the samples when the loader's dataset is new; size the windows and tolerance to them."""
+        assert self.pami is not None and self._scorer is not None
+        loader = _pick_loader(loaders, self.dataloader_idx, "test" if trainer.testing else "validation")
+        if loader.dataset is self._dataset and self._sample is not None:
+            return
+        with isolated_rng(pl_module.device):
+            indices, batch = broadcast_outcome(trainer, lambda: load_items(loader, self.num_samples, self.sample_indices))
+            sample = self._to_sample(trainer, pl_module, batch)
+            try:
+                self._check(trainer, sample)
+            except ValueError as error:
+                raise ValueError(f"PAMICallback cannot explain its samples (dataset indices {indices}): {error}") from error
+        if not self._text:
+            self._size_to(trainer, sample)
+        made_of = (self._settings(), digest(batch))
+        if self._made_of is not None and made_of != self._made_of and self._history.last_maps is not None:
+            what = "settings" if made_of[0] != self._made_of[0] else "samples"
+            note = f"PAMICallback: the maps in its drift history were made of other {what}"
+            if what == "settings":
+                rank_zero_warn(f"{note} ({self._made_of[0]}, now {made_of[0]}): stability starts afresh")
+            else:
+                rank_zero_info(f"{note} (the dataset changed): stability starts afresh")
+            self._history = DriftHistory()
+        # The chance baselines depend on the masks alone: logged once per set of samples.
+        if self._made_of is None or made_of[1] != self._made_of[1]:
+            self._baselines_due = sample.masks is not None and "pointing_game" in self._scorer.mask_names
+        self._made_of, self._dataset, self._indices, self._sample = made_of, loader.dataset, indices, sample
+
+    def _to_sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Sample:
+        """The samples on the device, through the same transfer path as validation batches."""
+        # A copy: users' transfer hooks may edit the batch in place.
+        batch = trainer.precision_plugin.convert_input(copy.deepcopy(batch))
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=self.dataloader_idx)
+        unpack = text_batch_to_sample if self._text else default_batch_to_sample
+        return unpack(self.batch_to_sample(batch) if self.batch_to_sample is not None else batch)
+
+    def _check(self, trainer: pl.Trainer, sample: Sample) -> None:
+        """The engine's input checks, then one clean forward pass (outputs, labels within the classes)."""
+        assert self.pami is not None
+        self.pami.check_inputs(sample.images)
         with trainer.precision_plugin.forward_context():
-            clean = self._predict(images, None if sample.labels is None else sample.labels[part])
-            preds, targets = clean.pred, clean.target
-            if batch_len(images):
-                maps = self.explainer.explain(images, target=targets).float()
-                self._scorer.update_shard(images, maps, targets)
-            else:  # more ranks than samples: this rank only pads the gather
-                maps = main_tensor(images).new_zeros(0, *spatial_shape(images, self.explainer), dtype=torch.float32)
-        maps, ints, floats = self._gather(trainer, size, maps, torch.stack([preds, targets], 1), torch.stack([clean.score, clean.pred_score], 1))
-        scores = self._scorer.compute_shards()  # a collective: every rank, never behind is_global_zero
-        mask_scores, per_sample = self._scorer.score_all(maps, self._masks(sample))
-        scores.update(mask_scores)
+            self._predict(sample.images, sample.labels)
+
+    def _size_to(self, trainer: pl.Trainer, sample: Sample) -> None:
+        """Windows within the budget and warnings for settings sized for larger images."""
+        assert self.pami is not None and self._scorer is not None
+        spatial = tuple(sample.images.shape[2:])
+        n = sample.images.shape[0]
+        if self.max_passes is not None:
+            views = len(self.pami.shifts or [()])
+            windows = windows_per_sample(self.max_passes, n, views, self._causal_passes(spatial))
+            self.pami.partition = with_window_budget(self._partition, windows)
+            radius, stride = self.pami.partition.resolve(spatial)
+            total = expected_passes(self.pami, n, spatial, self._causal_passes(spatial))
+            rank_zero_info(f"PAMICallback(max_passes={self.max_passes}): windows of radius {radius} px at stride {stride} px, "
+                           f"{self.pami.partition.num_parts(spatial)} per sample, for {n} samples of {'x'.join(map(str, spatial))}: "
+                           f"at most {total} forward passes per explanation")
+        masks = sample.masks
+        tolerance = self._scorer.tolerance_px(masks.shape[-2:] if masks is not None else spatial)
+        warn_if_coarse(self.pami, spatial, tolerance, explicit_tolerance=self.pointing_tolerance is not None)
+
+    def _causal_passes(self, spatial: Sequence[int]) -> int:
+        return sum(causal_points(spatial) for name in self.metrics if name in MODEL_METRICS)
+
+    def _settings(self) -> str:
+        """What the maps are made of, besides the samples: compared on resume."""
+        assert self.pami is not None
+        return f"{self.pami.partition!r}, {self.pami.masker!r}, shifts={self.pami.shifts}, second_run={self.pami.second_run}, target={self.target}"
+
+    # ------------------------------------------------------------------ one explanation
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> None:
+        """Explain, score, draw and log; a failure in any step on any rank is reported and flagged (or raised)."""
+        assert self._call is not None
+        start, passes = time.perf_counter(), self._call.passes
+        had_values = bool(self._last)
+        with isolated_rng(pl_module.device):
+            step = "explaining"
+            shard_out, error = guard(trainer, lambda: self._explain_shard(trainer, pl_module, loaders), self.on_error)
+            result = None
+            if error is None:
+                assert shard_out is not None
+                step = "scoring"
+                result, error = guard(trainer, lambda: self._gather(trainer, *shard_out), self.on_error)
+            if result is not None:
+                rows = table_rows(self._indices, self._val_count, trainer.current_epoch, result)
+                step = "logging the pictures of"
+                _, error = guard(trainer, lambda: self._draw(trainer, result, rows), self.on_error)
+                self._history.push(self._indices, self._as_history(result.maps), self._val_count, rows)
+                self._last = dict(result.scores)
+        seconds, passes = time.perf_counter() - start, self._call.passes - passes
+        if result is not None and self._baselines_due and result.sample.masks is not None:
+            assert self._scorer is not None
+            self._baselines_due = False
+            for name, value in self._scorer.baselines(result.sample.masks).items():
+                pl_module.log(f"{self.key_prefix}/{name}", value, sync_dist=True, reduce_fx="max")
+        self._log(pl_module, self._last, carried=result is None, failed=error is not None, cost=(seconds, passes) if result is not None else None)
+        if error is not None:
+            run = "training" if trainer.state.fn == TrainerFn.FITTING else "the run"
+            kept = "the scores are logged" if result is not None else "the last scores are carried over" if had_values else "each metric's worst value is logged"
+            warnings.warn(f"PAMICallback: {step} the samples failed ({type(error).__name__}: {error}); {run} goes on, {kept} and "
+                          f"{self.key_prefix}/failed is 1 (on_error=\"raise\" stops instead)", RuntimeWarning, stacklevel=2)
+        elif result is not None:
+            where = " on rank 0" if trainer.world_size > 1 else ""
+            rank_zero_info(f"PAMICallback: {len(self._indices)} samples explained in {seconds:.2f} s, {passes} forward passes{where}")
+
+    def _explain_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> tuple[Tensor, Tensor, Tensor, int]:
+        """This rank's shard explained and scored by the model metrics: maps, ``[pred, target]``, floats; no collective."""
+        assert self.pami is not None and self._call is not None and self._scorer is not None
+        self._prepare(trainer, pl_module, loaders)
+        sample = self._sample
+        assert sample is not None
+        n = main_tensor(sample.images).shape[0]
+        part, size = shard(n, trainer.global_rank, trainer.world_size)
+        images = select_rows(sample.images, part)
+        m = main_tensor(images).shape[0]
+        spatial = tuple(spatial_shape(images, self.pami))
+        total = expected_passes(self.pami, m, spatial, self._causal_passes(spatial)) if not self._text else None
+        self._call.bar = PassesBar(trainer, total, desc="PAMI" if self.key_prefix == "pami" else f"PAMI ({self.key_prefix})")
+        try:
+            # Hooks run outside the precision context; the model must see what validation_step sees.
+            with trainer.precision_plugin.forward_context():
+                clean = self._predict(images, None if sample.labels is None else sample.labels[part])
+                if m:
+                    maps = self.pami.explain(images, target=clean.target).float()
+                    # Text has no model metrics (tensor images only).
+                    model = self._scorer.model_scores(images, maps, clean.target) if isinstance(images, Tensor) else maps.new_zeros(m, 0)
+                else:  # more ranks than samples: this rank only pads the gather
+                    maps = main_tensor(images).new_zeros(0, *spatial, dtype=torch.float32)
+                    model = maps.new_zeros(0, len(self._scorer.model_names))
+        finally:
+            self._call.bar.close()
+            self._call.bar = None
+        floats = torch.cat([clean.score[:, None], clean.pred_score[:, None], model.to(clean.score.device)], 1)
+        return maps, torch.stack([clean.pred, clean.target], 1), floats, size
+
+    def _predict(self, images: Any, labels: Optional[Tensor]) -> Clean:
+        """Top-1 prediction, explained class and the scores of both, per sample ``[m]``."""
+        assert self.pami is not None
+        if self.target == "label" and labels is None:
+            raise ValueError('target="label" needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
+        given = labels.to(main_tensor(images).device) if self.target == "label" and labels is not None else None
+        # On copies of the samples: an in-place preprocess or model must not rewrite them before they
+        # are explained and scored.
+        return self.pami.call.clean(images, given)
+
+    def _gather(self, trainer: pl.Trainer, maps: Tensor, ints: Tensor, floats: Tensor, size: int) -> Explained:
+        """All ranks' shards in sample order, then the mask metrics and stability (the same on every rank)."""
+        assert self._scorer is not None and self._sample is not None
+        maps, ints, floats = gather_shards(trainer, size, maps, ints, floats)
+        floats = floats.cpu()
+        per_sample: dict[str, Tensor] = {name: floats[:, 2 + k] for k, name in enumerate(self._scorer.model_names)}
+        scores: dict[str, float] = {name: mean(values) for name, values in per_sample.items()}
+        if self._masks() is not None:
+            mask_scores, mask_values = self._scorer.mask_scores(maps, self._sample.masks)  # type: ignore[arg-type]
+            scores.update(mask_scores)
+            per_sample.update(mask_values)
         stability = self._history.stability(self._indices, self._as_history(maps))
         if stability is not None:
-            scores["stability"] = float(stability.mean())
             per_sample["stability"] = stability
-        return Explained(sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], floats[:, 1], scores, per_sample)
+            scores["stability"] = mean(stability)
+        return Explained(self._sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], floats[:, 1], scores, per_sample)
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: Explained) -> None:
-        for name in [*self.metrics, "stability"]:
-            if name in result.scores:
-                # Every rank holds the same value; "max" makes Lightning's distributed sync an exact no-op.
-                pl_module.log(f"{self.key_prefix}/{name}", result.scores[name], sync_dist=True, reduce_fx="max")
-        assert self._indices is not None
-        rows = table_rows(self._indices, self._val_count, trainer.current_epoch, result)
-        if trainer.is_global_zero:
-            report = build_report(
-                step=trainer.fit_loop.epoch_loop._batches_that_stepped,  # pl_module.log's step for validation scalars
-                prefix=self.key_prefix,
-                indices=self._indices,
-                result=result,
-                rows=rows,
-                history=self._history,
-                pictures=self.pictures,
-                tokens=self.tokens,
-                text=self._text,
-            )
-            dispatch(trainer.loggers, report)
-        self._history.push(self._indices, self._as_history(result.maps), self._val_count, rows)
+    def _draw(self, trainer: pl.Trainer, result: Explained, rows: list[dict[str, Any]]) -> None:
+        """Pictures and tables to the loggers (global rank zero)."""
+        if not trainer.is_global_zero:
+            return
+        report = build_report(
+            step=trainer.fit_loop.epoch_loop._batches_that_stepped,  # pl_module.log's step for validation scalars
+            prefix=self.key_prefix,
+            indices=self._indices,
+            result=result,
+            rows=rows,
+            history=self._history,
+            pictures=self.pictures,
+            tokens=self.tokens,
+            text=self._text,
+        )
+        dispatch(trainer.loggers, report)
+
+    def _log(self, pl_module: pl.LightningModule, values: Mapping[str, float], *, carried: bool, failed: bool,
+             cost: Optional[tuple[float, int]] = None) -> None:
+        """The scalars of one validation; the same keys on every rank (Lightning syncs them)."""
+        if carried and not values and self._scorer is not None:
+            # Nothing to carry yet (the first explanation failed): each metric's worst value, which no monitor prefers.
+            values = {name: WORST[name] for name in (*self._scorer.mask_names, *self._scorer.model_names)}
+        # Every rank holds the same values; "max" makes Lightning's distributed sync an exact no-op.
+        logged = {name: value for name, value in values.items() if name in (*self.metrics, "stability")}
+        logged.update(carried_over=float(carried), failed=float(failed))
+        for name, value in logged.items():
+            pl_module.log(f"{self.key_prefix}/{name}", value, sync_dist=True, reduce_fx="max")
+        if cost is not None:
+            pl_module.log(f"{self.key_prefix}/seconds", cost[0], sync_dist=True, reduce_fx="max")
+            pl_module.log(f"{self.key_prefix}/passes", float(cost[1]), sync_dist=True, reduce_fx="sum")
 
     def _as_history(self, maps: Tensor) -> Tensor:
         """Maps as the drift history keeps them: token maps ``[n, L]`` as one-row images ``[n, 1, L]``."""
         return maps.unsqueeze(1) if self._text else maps
 
-    def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Sample:
-        """The samples on the device, through the same transfer path as validation batches."""
-        if self._batch is None:
-            loader = _val_loader(trainer.val_dataloaders, self.dataloader_idx)
-            # Rank zero's samples for every rank: a stream sharded by rank, or augmentations drawing
-            # from per-rank random states, would give each rank other items under the same indices.
-            self._indices, self._batch = trainer.strategy.broadcast(load_items(loader, self.num_samples, self.sample_indices), src=0)
-        # A copy: users' transfer hooks may edit the batch in place.
-        batch = trainer.precision_plugin.convert_input(copy.deepcopy(self._batch))
-        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
-        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=self.dataloader_idx)
-        if self._text:
-            return text_batch_to_sample(batch if self.batch_to_sample is default_batch_to_sample else self.batch_to_sample(batch))
-        return default_batch_to_sample(self.batch_to_sample(batch))
-
-    def _predict(self, images: Batch, labels: Optional[Tensor]) -> Clean:
-        """Top-1 prediction, explained class and the scores of both, per sample ``[m]``."""
-        assert self.explainer is not None
-        if self.target == "label" and labels is None:
-            raise ValueError('PAMICallback(target="label") needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
-        given = labels.to(main_tensor(images).device) if self.target == "label" and labels is not None else None
-        # On copies of the samples: an in-place preprocess or model must not rewrite them before they
-        # are explained and scored.
-        return self.explainer.call.clean(images, given)
-
-    def _gather(self, trainer: pl.Trainer, size: int, maps: Tensor, ints: Tensor, floats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """All ranks' shards in sample order; shards are padded to ``size`` rows, marked by id -1."""
-        ids = torch.arange(ints.shape[0], device=ints.device)
-        ints = torch.cat([ids[:, None], ints], 1)
-        gathered = [
-            trainer.strategy.all_gather(pad_to(t, size, fill)).reshape(-1, *t.shape[1:])
-            for t, fill in ((maps, 0), (ints, -1), (floats, 0))
-        ]
-        keep = gathered[1][:, 0] >= 0
-        return gathered[0][keep], gathered[1][keep, 1:], gathered[2][keep]
-
-    def _masks(self, sample: Sample) -> Optional[Tensor]:
-        asked = [m for m in self.metrics if m in MASK_METRICS]
-        if sample.masks is None and asked and not self._warned_no_masks:
+    def _masks(self) -> Optional[Tensor]:
+        assert self._sample is not None and self._scorer is not None
+        if self._sample.masks is None and self._scorer.mask_names and not self._warned_no_masks:
             self._warned_no_masks = True
-            rank_zero_warn(f"PAMICallback: the samples have no object masks (mask or boxes), so {asked} are skipped")
-        return sample.masks
+            rank_zero_warn(f"PAMICallback: the samples have no object masks (mask or boxes), so {self._scorer.mask_names} are skipped")
+        return self._sample.masks
 
 
-def _val_loader(loaders: Any, idx: int) -> Any:
+def _fast_dev_run(trainer: pl.Trainer) -> bool:
+    # Set on the Trainer at init (an int or a bool), not declared on the class.
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
+def _pick_loader(loaders: Any, idx: int, stage: str) -> Any:
     if loaders is None:
-        raise MisconfigurationException("PAMICallback needs a validation dataloader")
+        raise MisconfigurationException(f"PAMICallback needs a {stage} dataloader")
     if isinstance(loaders, Mapping):
         loaders = list(loaders.values())
     if not isinstance(loaders, (list, tuple)):
         loaders = [loaders]
     if not 0 <= idx < len(loaders):
-        raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} validation dataloaders")
+        raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} {stage} dataloaders")
     return loaders[idx]

@@ -7,6 +7,7 @@ dataset (so the loader's sampler and shuffling are never touched) and collated w
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..metrics import boxes_to_mask
 
-__all__ = ["Sample", "default_batch_to_sample", "select_indices", "load_items", "shard", "isolated_rng"]
+__all__ = ["Sample", "default_batch_to_sample", "select_indices", "load_items", "digest", "shard", "pad_to", "isolated_rng"]
 
 _IMAGE_KEYS = ("image", "images", "input", "inputs")
 _LABEL_KEYS = ("label", "labels", "target", "targets")
@@ -82,6 +83,10 @@ def default_batch_to_sample(batch: Any) -> Sample:
     if not isinstance(images, Tensor) or images.ndim != 4:
         got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"batch_to_sample: images must be a [B, C, H, W] tensor; got {got}")
+    if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+        # Before the masks are checked against the image size, which would blame the masks.
+        raise ValueError(f"batch_to_sample: images look channels-last [B, H, W, C] ({list(images.shape)}); PAMI needs [B, C, H, W] "
+                         "— use images.permute(0, 3, 1, 2) in the dataset or in batch_to_sample=")
     if boxes is not None:
         masks = _boxes_to_masks(boxes, images.shape[0], (images.shape[-2], images.shape[-1]))
     return Sample(images, _as_labels(labels, images.shape[0]), _as_masks(masks, images.shape))
@@ -155,7 +160,51 @@ def load_items(loader: DataLoader, num_samples: int, sample_indices: Optional[Se
     if not items:
         raise ValueError("PAMICallback: the validation dataset is empty, there is nothing to explain")
     collate = loader.collate_fn if loader.collate_fn is not None else torch.utils.data.default_collate
-    return indices, collate(items)
+    try:
+        return indices, collate(items)
+    except RuntimeError as error:
+        sizes = sorted({tuple(t.shape) for t in map(_first_tensor, items) if t is not None})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"PAMICallback: the samples (dataset indices {indices}) have different sizes {sizes}, and the callback explains "
+                "them as one batch: give the validation images one size (resize or crop in the dataset), pick sample_indices "
+                "of one size, or give the loader a collate_fn that pads"
+            ) from error
+        raise
+
+
+def _first_tensor(item: Any) -> Optional[Tensor]:
+    """The first tensor of a dataset item (its image, for the usual layouts)."""
+    if isinstance(item, Tensor):
+        return item
+    values = item.values() if isinstance(item, Mapping) else item if isinstance(item, (tuple, list)) else ()
+    return next((v for v in values if isinstance(v, Tensor)), None)
+
+
+def digest(batch: Any) -> str:
+    """A fingerprint of a collated batch (its tensors' bytes, dtypes and shapes; other values' repr).
+
+    Tells whether a re-read validation set still holds the images whose maps the drift history keeps.
+    """
+    h = hashlib.sha1()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{list(t.shape)}".encode())
+            h.update(t.flatten().view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                h.update(str(key).encode())
+                feed(value[key])
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                feed(v)
+        else:
+            h.update(repr(value).encode())
+
+    feed(batch)
+    return h.hexdigest()
 
 
 def shard(n: int, rank: int, world_size: int) -> tuple[slice, int]:

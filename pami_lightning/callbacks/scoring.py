@@ -1,26 +1,26 @@
-"""The callback's interpretation scores, exact under any sharding of the samples over DDP ranks.
+"""The callback's interpretation scores, from the metrics' per-sample functional forms.
 
-- Mask metrics (pointing game, energy pointing game) need no model: every rank scores the gathered
-  maps of *all* samples locally (no collective), so each rank holds the single-process value.
-- Model metrics (insertion, deletion) run the model hundreds of times per sample: each rank updates
-  them on its own shard and ``compute()`` sums their sum-states over the ranks (torchmetrics'
-  sync, a collective that every rank runs).
+Every score is a per-sample value first (kept for the sample x validation table), and the logged
+value is the metric's own reduction of them — so sharding the samples over DDP ranks changes nothing:
+
+- insertion / deletion run the model: each rank scores its own shard and the per-sample AUCs are
+  gathered with the maps;
+- the pointing games need no model: every rank scores the gathered maps of all samples.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .._inputs import Batch
 from ..forward import ModelCall
-from ..metrics import Deletion, Insertion
-from ..metrics.functional import energy_pointing_game, pointing_game
+from ..metrics.functional import RELATIVE_TOLERANCE, deletion, energy_pointing_game, insertion, pointing_game, pointing_game_baselines
 
-__all__ = ["METRICS", "MASK_METRICS", "MetricName", "Scorer"]
+__all__ = ["METRICS", "MASK_METRICS", "MODEL_METRICS", "MetricName", "Scorer", "CAUSAL_STEP", "causal_points", "mean"]
 
 MetricName = Literal["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
@@ -28,66 +28,70 @@ MASK_METRICS: tuple[MetricName, ...] = ("pointing_game", "energy_pointing_game")
 MODEL_METRICS: tuple[MetricName, ...] = ("insertion", "deletion")
 METRICS: tuple[MetricName, ...] = MASK_METRICS + MODEL_METRICS
 
+#: Pixels per insertion / deletion step (RISE's, for 224x224 images).
+CAUSAL_STEP = 224
+#: Seed of the random-point baseline: the same points at every validation and on every rank.
+BASELINE_SEED = 0
+
+
+def causal_points(spatial: Sequence[int]) -> int:
+    """Forward passes of one insertion or deletion curve, at most: ``ceil(H * W / CAUSAL_STEP) + 1``."""
+    return -(-math.prod(spatial) // CAUSAL_STEP) + 1
+
+
+def mean(values: Tensor) -> float:
+    """Mean of per-sample values ``[n]`` in float64 (any order gives the same sum); NaN entries are not counted."""
+    counted = values[~values.isnan()].double()
+    return float(counted.sum() / counted.numel()) if counted.numel() else math.nan
+
 
 class Scorer:
-    """Owns the metric objects of one callback.
+    """The callback's metrics.
 
     Args:
         names: metrics to compute, a subset of :data:`METRICS`.
-        call: the explainer's model call (model, preprocess, output, batch size, grad mode), which
-            insertion / deletion run.
-        tolerance: pointing game tolerance in pixels (0: the point must lie inside the mask).
+        call: the explainer's model call, which insertion and deletion run.
+        tolerance: pointing game tolerance in pixels, or None for the metrics' ``"relative"`` one:
+            15/224 of the masks' smaller side (0: the point must lie inside the mask).
     """
 
-    def __init__(self, names: Sequence[str], call: ModelCall, tolerance: float) -> None:
-        self.names = list(names)
+    def __init__(self, names: Sequence[str], call: ModelCall, tolerance: Optional[float]) -> None:
+        self.call = call
         self.tolerance = tolerance
-        self.mask_names = [name for name in MASK_METRICS if name in self.names]
-        self.model_metrics = {name: cls(call) for name, cls in (("insertion", Insertion), ("deletion", Deletion)) if name in self.names}
+        self.mask_names = [name for name in MASK_METRICS if name in names]
+        self.model_names = [name for name in MODEL_METRICS if name in names]
 
-    def to(self, device: torch.device) -> Scorer:
-        """Move the metric states (Lightning does not move metrics a callback owns)."""
-        for metric in self.model_metrics.values():
-            metric.to(device)
-        return self
+    def tolerance_px(self, spatial: Sequence[int]) -> float:
+        """The pointing tolerance in pixels for masks of this size."""
+        return self.tolerance if self.tolerance is not None else RELATIVE_TOLERANCE * min(spatial)
 
-    def update_shard(self, images: Batch, maps: Tensor, targets: Tensor) -> None:
-        """Feed this rank's shard to the model metrics (``images [m, C, H, W]``, ``maps [m, H, W]``).
+    def model_scores(self, images: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
+        """Per-sample insertion / deletion AUCs of one shard: ``[m, len(model_names)]`` float32, in that order."""
+        metric = {"insertion": insertion, "deletion": deletion}
+        columns = [metric[name](self.call, images, maps, targets, step=CAUSAL_STEP, reduction="none") for name in self.model_names]
+        return torch.stack(columns, 1).float() if columns else maps.new_zeros(maps.shape[0], 0)
 
-        Token samples (ids or a dict) come with no model metrics: the callback asks for none on text.
+    def mask_scores(self, maps: Tensor, masks: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Pointing game and energy pointing game of all samples: the logged values and the per-sample ones ``[n]``.
+
+        The pointing game counts a map without a unique maximum (a flat map) as a miss; the energy is
+        the baseline-subtracted variant (``baseline="min"``: the map's minimum removed first), which
+        a uniform offset cannot pull towards the object's area fraction.
         """
-        if not self.model_metrics:
-            return
-        if not isinstance(images, Tensor):
-            raise TypeError(f"{', '.join(self.model_metrics)} need image tensors [m, C, H, W]; got a dict of {sorted(images)}")
-        for metric in self.model_metrics.values():
-            metric.update(images, maps, target=targets)
-
-    def compute_shards(self) -> dict[str, float]:
-        """Model metrics over all ranks' shards, then reset. A collective: call it on every rank."""
-        scores = {}
-        for name, metric in self.model_metrics.items():
-            scores[name] = float(metric.compute())
-            metric.reset()
-        return scores
-
-    def score_all(self, maps: Tensor, masks: Optional[Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
-        """Mask metrics of all samples (no collective): the values and per-sample ``[n]`` values.
-
-        Per-sample values are NaN where a sample is not counted (empty mask, no positive energy).
-        Returns empty dicts when ``masks`` is None.
-        """
-        if masks is None or not self.mask_names:
-            return {}, {}
         masks = masks.to(maps.device)
-        functional = {"pointing_game": lambda m, k: pointing_game(m, k, tolerance=self.tolerance), "energy_pointing_game": energy_pointing_game}
-        scores: dict[str, float] = {}
-        per_sample: dict[str, Tensor] = {}
-        for name in self.mask_names:
-            values = torch.stack([functional[name](maps[i : i + 1], masks[i : i + 1]) for i in range(maps.shape[0])]).float().cpu()
-            # The metrics' own reduction (float64 sum over counted samples / their count), from the
-            # per-sample values rather than a second pass over the maps.
-            counted = ~values.isnan()
-            scores[name] = float(values[counted].double().sum() / counted.sum())
-            per_sample[name] = values
+        functions = {
+            "pointing_game": lambda reduction: pointing_game(maps, masks, self._tolerance(), reduction=reduction),
+            "energy_pointing_game": lambda reduction: energy_pointing_game(maps, masks, baseline="min", reduction=reduction),
+        }
+        scores: dict[str, float] = {name: float(functions[name]("mean")) for name in self.mask_names}
+        per_sample: dict[str, Tensor] = {name: functions[name]("none").float().cpu() for name in self.mask_names}
         return scores, per_sample
+
+    def baselines(self, masks: Tensor) -> dict[str, float]:
+        """The pointing game of the paper's Table 4 baselines on these masks: the image centre and a random point."""
+        generator = torch.Generator().manual_seed(BASELINE_SEED)
+        values = pointing_game_baselines(masks, self._tolerance(), generator=generator)
+        return {"pointing_game_center": mean(values["center"].cpu()), "pointing_game_random": mean(values["random"].cpu())}
+
+    def _tolerance(self) -> Union[float, Literal["relative"]]:
+        return self.tolerance if self.tolerance is not None else "relative"

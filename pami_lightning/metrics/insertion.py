@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+import torchmetrics
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE, plot_curve
 
-from ..forward import ModelCall
+from ..forward import Clean, ModelCall
 from ..maskers import Blur, Constant, Masker, as_masker
 from ..scores import OutputSpec
 from ._causal import TargetLike, causal_curves, model_call
-from .functional import _check_causal_args, curve_auc
+from .functional.insertion import _causal_arg_validation, curve_auc
 
 __all__ = ["Insertion", "Deletion"]
 
@@ -42,9 +46,6 @@ class _CausalMetric(Metric):
     plot_upper_bound = 1.0
 
     _kind: Literal["insertion", "deletion"]
-    auc_sum: Tensor
-    count: Tensor
-    curve_sum: Tensor
 
     def __init__(
         self,
@@ -61,17 +62,35 @@ class _CausalMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_causal_args(step, n_steps, batch_size)
+        _causal_arg_validation(step, n_steps, batch_size)
         call = model_call(model, forward=forward, preprocess=preprocess, output=output, autocast_dtype=autocast_dtype, batch_size=batch_size)
         self._call = _Shared(call)
         self.step, self.n_steps = int(step), n_steps
         self.substrate = as_masker(substrate if substrate is not None else self._default_substrate())
         # float32 per-image values summed in float64: sums stay exact in any order, so DDP shards
-        # of any sizes reproduce the single-process result.
-        self.add_state("auc_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # of any sizes reproduce the single-process result. The names carry the kind: a
+        # MetricCollection merges metrics whose states have the same names and values after the
+        # first update (compute groups), and Insertion and Deletion of a model that ignores its
+        # input (a zero-initialised head) start out with equal values.
+        self.add_state(f"{self._kind}_auc_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(f"{self._kind}_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         # 0-dim until the first image fixes the curve length (it depends on H * W unless n_steps is set).
-        self.add_state("curve_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(f"{self._kind}_curve_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def auc_sum(self) -> Tensor:
+        """Sum of the per-image AUCs (float64 state)."""
+        return getattr(self, f"{self._kind}_auc_sum")
+
+    @property
+    def count(self) -> Tensor:
+        """Number of images (int64 state)."""
+        return getattr(self, f"{self._kind}_count")
+
+    @property
+    def curve_sum(self) -> Tensor:
+        """Sum of the curves ``[n + 1]`` (float64 state; 0-dim before the first image)."""
+        return getattr(self, f"{self._kind}_curve_sum")
 
     @staticmethod
     def _default_substrate() -> Masker:
@@ -102,25 +121,48 @@ class _CausalMetric(Metric):
         """Step images per forward call."""
         return self.call.batch_size
 
-    def update(self, images: Tensor, heatmaps: Tensor, target: TargetLike = None) -> None:
+    def update(
+        self, heatmaps: Tensor, masks: Any = None, *, images: Tensor | None = None, target: TargetLike = None, clean: Clean | None = None
+    ) -> None:
         """Run the curves of a batch of images and add their AUCs.
 
+        The argument order of every metric here is ``update(heatmaps, masks, ...)``, so one
+        ``MetricCollection`` call updates the mask metrics and these:
+        ``collection.update(heatmaps, masks, images=images, target=target)`` (keyword arguments
+        reach only the metrics that take them). The order before 0.3, ``update(images, heatmaps)``,
+        is recognised by the ranks (images ``[B, C, H, W]`` first) and still runs, with a
+        ``FutureWarning``.
+
         Args:
-            images: ``[B, C, H, W]`` float images in pixel space (what ``substrate`` expects).
             heatmaps: ``[B, h, w]`` saliency maps, resized (bilinear) to ``H x W`` when needed.
+            masks: not used (the place of the object masks of the pointing games).
+            images: ``[B, C, H, W]`` float images in pixel space (what ``substrate`` expects); required.
             target: class scored per image: None (default: the clean image's top-1, as RISE),
                 an int, or ``[B]``.
+            clean: the :meth:`ModelCall.clean` result of these images (e.g. the explainer's): its
+                ``target`` is scored and its ``score`` is the clean point, not run again.
         """
-        curves = causal_curves(self._kind, self.call, images, heatmaps, target, self.step, self.n_steps, self.substrate)
+        if images is None:
+            if isinstance(heatmaps, Tensor) and heatmaps.ndim == 4 and isinstance(masks, Tensor) and masks.ndim == 3:
+                warnings.warn(
+                    f"{type(self).__name__}.update(images, heatmaps) is the old argument order; call update(heatmaps, images=images) "
+                    "(one order for every metric, so that a MetricCollection can hold them)",
+                    FutureWarning,
+                    stacklevel=_caller_stacklevel(),
+                )
+                heatmaps, images = masks, heatmaps
+            else:
+                raise ValueError(f"{type(self).__name__}.update needs the images: update(heatmaps, images=images [B, C, H, W], target=None)")
+        curves = causal_curves(self._kind, self.call, images, heatmaps, target, self.step, self.n_steps, self.substrate, clean)
         if self.curve_sum.ndim == 1 and self.curve_sum.numel() != curves.shape[1]:
             raise ValueError(
                 f"these {list(images.shape[2:])} images give curves of {curves.shape[1]} points but earlier ones gave "
                 f"{self.curve_sum.numel()}; pass n_steps= for curves of one length across image sizes"
             )
         device = self.auc_sum.device
-        self.auc_sum = self.auc_sum + curve_auc(curves).double().sum().to(device)
-        self.count = self.count + curves.shape[0]
-        self.curve_sum = self.curve_sum + curves.double().sum(dim=0).to(device)
+        setattr(self, f"{self._kind}_auc_sum", self.auc_sum + curve_auc(curves).double().sum().to(device))
+        setattr(self, f"{self._kind}_count", self.count + curves.shape[0])
+        setattr(self, f"{self._kind}_curve_sum", self.curve_sum + curves.double().sum(dim=0).to(device))
 
     def compute(self) -> Tensor:
         """Mean AUC over all images: float32 scalar; NaN before any image."""
@@ -158,8 +200,17 @@ class _CausalMetric(Metric):
         if len(lengths) > 1:
             raise ValueError(f"processes saw images of different sizes (curves of {sorted(lengths)} points); pass n_steps= for one curve length")
         if self.curve_sum.ndim == 0 and lengths:
-            self.curve_sum = self.curve_sum.new_zeros(lengths.pop())
+            setattr(self, f"{self._kind}_curve_sum", self.curve_sum.new_zeros(lengths.pop()))
         super()._sync_dist(dist_sync_fn, process_group)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package and torchmetrics (whose wrappers call ``update``)."""
+    skip = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep for m in (sys.modules["pami_lightning"], torchmetrics))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 _ARGS_DOC = """
@@ -210,7 +261,8 @@ class Insertion(_CausalMetric):
         >>> from pami_lightning.metrics import Insertion
         >>> logits = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
         >>> metric = Insertion(ModelCall(logits, modules=()), step=1, substrate=Constant(0.0))  # a pure function
-        >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
+        >>> images, heatmaps = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]])
+        >>> metric.update(heatmaps, images=images)
         >>> round(metric.compute().item(), 5)
         0.50736
         >>> metric.curve()[1].round(decimals=4)
@@ -241,7 +293,7 @@ class Deletion(_CausalMetric):
         >>> from pami_lightning.metrics import Deletion
         >>> logits = lambda x: torch.stack([x.flatten(1).sum(1) - 5, torch.zeros(len(x))], dim=1)
         >>> metric = Deletion(ModelCall(logits, modules=()), step=1)
-        >>> metric.update(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]))
+        >>> metric.update(torch.tensor([[[0.1, 0.4], [0.3, 0.2]]]), images=torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
         >>> round(metric.compute().item(), 5)
         0.49264
     """

@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -196,9 +196,11 @@ class SlidingWindow(Partition):
 
     Args:
         radius: window radius in pixels (default 40, the paper's); with ``unit="fraction"``, a
-            fraction in ``[0, 1]`` of the input's smallest spatial size, rounded to whole pixels.
+            fraction in ``[0, 1]`` of the input's smallest spatial size, rounded to whole pixels
+            (default ``40/224``, the paper's scaled: ``SlidingWindow(unit="fraction")`` is :meth:`relative`).
         stride: step between window centres in pixels (default 6, the paper's); with
-            ``unit="fraction"``, a fraction in ``(0, 1]`` of the smallest spatial size (at least 1 pixel).
+            ``unit="fraction"``, a fraction in ``(0, 1]`` of the smallest spatial size, at least 1
+            pixel (default ``6/224``).
         shape: ``"circle"`` (default) or ``"square"``.
         spatial_dims: 2 for images ``[B, C, H, W]`` (default), 1 for signals ``[B, C, T]``.
         unit: ``"px"`` (default) or ``"fraction"``: what ``radius`` and ``stride`` are measured in.
@@ -217,14 +219,19 @@ class SlidingWindow(Partition):
 
     def __init__(
         self,
-        radius: float = 40,
-        stride: float = 6,
+        radius: Optional[float] = None,
+        stride: Optional[float] = None,
         shape: Literal["circle", "square"] = "circle",
         spatial_dims: int = 2,
         *,
         unit: Literal["px", "fraction"] = "px",
-        max_parts: int | None = None,
+        max_parts: Optional[int] = None,
     ) -> None:
+        # None: the paper's 40 and 6 px, in the unit given (a config file can then write just `unit: fraction`).
+        if radius is None:
+            radius = 40 / 224 if unit == "fraction" else 40
+        if stride is None:
+            stride = 6 / 224 if unit == "fraction" else 6
         if unit == "px":
             if radius < 0:
                 raise ValueError(f"radius must be >= 0 pixels; got {radius}")
@@ -406,6 +413,7 @@ class SlidingWindow(Partition):
                           "SlidingWindow.relative() or a smaller radius", UserWarning, stacklevel=3)
 
     def __repr__(self) -> str:
-        extra = f', unit="{self.unit}"' if self.unit != "px" else ""
+        extra = f", spatial_dims={self.spatial_dims}" if self.spatial_dims != 2 else ""
+        extra += f', unit="{self.unit}"' if self.unit != "px" else ""
         extra += f", max_parts={self.max_parts}" if self.max_parts is not None else ""
         return f'SlidingWindow(radius={self.radius}, stride={self.stride}, shape="{self.shape}"{extra})'

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, cast
+from typing import Any, Literal, Union, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..forward import _user_stacklevel
 from .base import LabelParts, Partition, PartsOrFuture, consecutive_labels
 
-__all__ = ["SEGMENTERS", "Superpixels", "colour_guide", "register_segmenter", "to_uint8_image"]
+__all__ = ["PRESETS", "SEGMENTERS", "SettingSpec", "Superpixels", "colour_guide", "register_segmenter", "seeds_supported", "to_uint8_image"]
 
 Segmenter = Callable[..., np.ndarray]
 #: Registered segmenters: ``name -> fn(image uint8 [H, W, 3], **params) -> int labels [H, W]``.
@@ -46,14 +49,85 @@ def slic(image: np.ndarray, n_segments: int = 50, compactness: float = 20) -> np
     return _slic(image, n_segments=n_segments, compactness=compactness)
 
 
+def _seeds_problem(height: int, width: int, num_superpixels: int, num_levels: int) -> str | None:
+    """Why OpenCV's SEEDS cannot segment a ``height x width`` image with these settings, or None when it can.
+
+    This follows ``SuperpixelSEEDSImpl::initialize`` (opencv_contrib ``ximgproc/src/seeds.cpp``), in its
+    float32 arithmetic: SEEDS lays ``rows = int(sqrt(n * H / W))`` by ``cols = rows * W // H`` initial
+    superpixels, takes the most levels ``L <= num_levels`` whose finest blocks ``W / cols / 2**(L-1)``
+    by ``H / rows / 2**(L-1)`` are at least a pixel, and builds a block grid ``(W // ceil(block_w)) x
+    (H // ceil(block_h))`` that halves at each level up to the top one. Outside the domain below it
+    loops forever (no ``L >= 1`` fits) or reads and writes out of bounds, which kills the process
+    with SIGSEGV: a degenerate grid (``rows`` or ``cols`` 0) divides by zero into an empty grid, one
+    level (``L == 1``) leaves the top blocks' parents uninitialised, and an empty top grid has no
+    superpixel to hold the pixels. Probed over every size up to 40x40 and thin sizes up to 8x1000
+    and 1000x8 with 10, 20 and 30 superpixels (5 levels): it hung or crashed on every size this
+    rejects but 31 of one level, and ran on every size it accepts.
+    """
+    f32 = np.float32
+    n, levels = max(int(num_superpixels), 10), max(int(num_levels), 2)  # SEEDS's own clamps
+    rows = int(np.sqrt(f32(n) * f32(height) / f32(width)))
+    cols = rows * width // height
+    if rows == 0 or cols == 0:
+        return f"its grid of initial superpixels is {cols} x {rows} (the image is too thin)"
+    for level in range(levels, 0, -1):
+        block_w = f32(width) / f32(cols) / f32(1 << (level - 1))
+        block_h = f32(height) / f32(rows) / f32(1 << (level - 1))
+        if block_w >= 1 and block_h >= 1:
+            break
+    else:
+        return f"its {cols} x {rows} initial superpixels are smaller than a pixel (SEEDS would loop forever)"
+    if level == 1:
+        return "it would run with a single block level, whose labels it never initialises"
+    top_w, top_h = (width // int(np.ceil(block_w))) >> (level - 1), (height // int(np.ceil(block_h))) >> (level - 1)
+    if top_w == 0 or top_h == 0:
+        return f"its grid of superpixels at the top level is {top_w} x {top_h}"
+    return None
+
+
+def seeds_supported(height: int, width: int, num_superpixels: int = 20, num_levels: int = 5) -> bool:
+    """Whether OpenCV's SEEDS can segment a ``height x width`` image without hanging or crashing the process.
+
+    OpenCV's SEEDS does not check the image size: on small or thin images it loops forever or dies
+    with SIGSEGV (no Python exception). The rule mirrors its grid set-up (see ``_seeds_problem``)
+    and was checked by probing sizes in subprocesses. With 5 levels, every square image from 6x6
+    (10 superpixels), 8x8 (20) or 10x10 (30) up is supported; an image whose long side is more than
+    ``num_superpixels`` times its short side never is (2x100, 64x3); for other shapes, ask.
+
+    Args:
+        height, width: image size in pixels.
+        num_superpixels: SEEDS's ``num_superpixels`` (default 20; OpenCV raises values under 10 to 10).
+        num_levels: SEEDS's ``num_levels`` (default 5; OpenCV raises values under 2 to 2).
+
+    Example:
+        >>> from pami_lightning.partitions.superpixels import seeds_supported
+        >>> seeds_supported(224, 224, 30), seeds_supported(8, 8, 30), seeds_supported(4, 200, 10)
+        (True, False, False)
+    """
+    return height >= 1 and width >= 1 and _seeds_problem(height, width, num_superpixels, num_levels) is None
+
+
+def _seeds_grid_args(params: Mapping[str, Any]) -> tuple[int, int]:
+    """``(num_superpixels, num_levels)`` of a SEEDS setting's parameters, with :func:`seeds`'s defaults."""
+    args = inspect.signature(seeds).bind(None, **params)
+    args.apply_defaults()
+    return int(args.arguments["num_superpixels"]), int(args.arguments["num_levels"])
+
+
 @register_segmenter("seeds")
 def seeds(image: np.ndarray, num_superpixels: int = 20, num_levels: int = 5, n_iter: int = 10,
           prior: int = 2, histogram_bins: int = 5, double_step: bool = True) -> np.ndarray:
+    """OpenCV contrib's SEEDS superpixels; a ValueError, not a crash, on sizes it cannot segment (:func:`seeds_supported`)."""
     import cv2
 
     if not hasattr(cv2, "ximgproc"):
         raise ImportError("SEEDS needs OpenCV contrib: pip install opencv-contrib-python-headless (and uninstall opencv-python)")
     h, w, c = image.shape
+    problem = _seeds_problem(h, w, num_superpixels, num_levels) if h and w else "the image is empty"
+    if problem is not None:
+        # Checked here because OpenCV would hang or kill the process (SIGSEGV) instead of raising.
+        raise ValueError(f"SEEDS (num_superpixels={num_superpixels}, num_levels={num_levels}) cannot segment a {h}x{w} "
+                         f"image: {problem}; use a larger image, fewer superpixels or levels, or another segmenter (e.g. slic)")
     # Keywords, not positions: OpenCV 5 inserted `prior` before `histogram_bins`.
     engine = cv2.ximgproc.createSuperpixelSEEDS(
         image_width=w, image_height=h, image_channels=c, num_superpixels=num_superpixels,
@@ -183,7 +257,52 @@ def _compact(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-Setting = str | Segmenter | tuple[str | Segmenter, Mapping[str, Any]]
+#: One segmentation setting as a config file writes it: a registered segmenter's name (with its
+#: default parameters), a ``(name, params)`` pair, or a mapping ``{"segmenter": name, "params": {...}}``.
+SettingSpec = Union[str, tuple[str, dict[str, Any]], Mapping[str, Any]]
+
+#: Named ensembles, given as ``Superpixels(settings=name)``; ``"paper"`` is the paper's Table 3.
+PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "paper": (
+        [("felzenszwalb", {"scale": s, "sigma": 0.8, "min_size": 784}) for s in (250, 200, 150, 100, 70, 50)]
+        + [("slic", {"n_segments": n, "compactness": 20}) for n in (10, 20, 30, 40, 50, 60, 70, 80)]
+        + [("seeds", {"num_superpixels": n, "num_levels": 5, "n_iter": 10}) for n in (10, 20, 30)]
+        + [("watershed", {"markers": m, "compactness": 0.0001}) for m in (10, 20, 30)]
+    ),
+}
+
+
+def _resolve_setting(spec: Any) -> tuple[Segmenter, dict[str, Any], str]:
+    """``(fn, params, name)`` of one setting: a name or callable, a ``(segmenter, params)`` pair, or a mapping."""
+    if isinstance(spec, Mapping):
+        if "segmenter" not in spec or set(spec) - {"segmenter", "params"}:
+            raise ValueError(f'a setting mapping holds "segmenter" and optionally "params", e.g. {{"segmenter": "slic", '
+                             f'"params": {{"n_segments": 50}}}}; got keys {sorted(map(str, spec))} — a lone (name, params) '
+                             "pair must be in a list: Superpixels([(name, params)])")
+        segmenter, params = spec["segmenter"], spec.get("params") or {}
+    elif isinstance(spec, (tuple, list)):
+        if len(spec) != 2 or not isinstance(spec[1], Mapping):
+            raise ValueError(f"a setting pair is (segmenter, params dict), e.g. ('slic', {{'n_segments': 50}}); got {spec!r}")
+        segmenter, params = spec
+    else:
+        segmenter, params = spec, {}
+    if isinstance(segmenter, str):
+        if segmenter not in SEGMENTERS:
+            raise ValueError(f"unknown segmenter '{segmenter}'; registered: {sorted(SEGMENTERS)} — or pass a callable, "
+                             "or register yours with register_segmenter (a name can be written in a config file)")
+        name, fn = segmenter, SEGMENTERS[segmenter]
+    elif callable(segmenter):
+        name, fn = getattr(segmenter, "__name__", repr(segmenter)), segmenter
+    else:
+        raise TypeError(f"a segmenter is a registered name or a callable; got {type(segmenter).__name__}")
+    params = dict(params)
+    try:  # a misspelt parameter (from a config file, say) fails here, not in the middle of a fit
+        inspect.signature(fn).bind(None, **params)
+    except TypeError as exc:
+        raise ValueError(f"segmenter '{name}' does not take {sorted(params)}: {exc}") from None
+    except ValueError:  # a builtin without a signature: checked when it runs
+        pass
+    return fn, params, name
 
 
 class Superpixels(Partition):
@@ -198,6 +317,12 @@ class Superpixels(Partition):
     Each setting gets its own copy of the uint8 image, so a segmenter that edits its input in place
     cannot change what the other settings see.
 
+    SEEDS on small or thin images: OpenCV's SEEDS hangs or kills the process (SIGSEGV) on sizes
+    outside :func:`seeds_supported` (e.g. 5x5 with 30 superpixels, 2x100). Its settings are then left
+    out for that image size, with a warning once per size: the map is the average of the
+    segmentations that ran (the coverage ``N`` counts only them), never a made-up segmentation. When
+    no setting is left (SEEDS alone), a ValueError names the size.
+
     Label maps are cached (least recently used first out, up to ``cache_mb``), keyed by the exact
     uint8 bytes and shape of the image and by the setting: explaining the same images again (the
     training callback does so at every validation) skips the segmentations, which cost ~0.9 s of
@@ -205,9 +330,13 @@ class Superpixels(Partition):
     are deterministic (the same image gives the same labels); pass ``cache_mb=0`` for random ones.
 
     Args:
-        settings: a list of ``(segmenter, params)`` pairs (or bare segmenters); a segmenter is a
-            registered name (``"felzenszwalb"``, ``"slic"``, ``"seeds"``, ``"watershed"``, or one added
-            with :func:`register_segmenter`) or any callable ``uint8 [H, W, 3] -> int labels [H, W]``.
+        settings: ``"paper"`` (default: the paper's 20 segmentations, see :meth:`paper`) or a list of
+            settings, each a registered segmenter's name (``"felzenszwalb"``, ``"slic"``, ``"seeds"``,
+            ``"watershed"`` or one added with :func:`register_segmenter`), a ``(name, params)`` pair
+            or a mapping ``{"segmenter": name, "params": {...}}``. At run time a segmenter may also be
+            any callable ``uint8 [H, W, 3] -> int labels [H, W]`` (bare or in a pair), but a callable
+            cannot be written in a config file (LightningCLI's saved ``config.yaml``): register it
+            under a name in a module that the config's model imports, and use the name.
         cache_mb: bound of the label-map cache in MiB (default 128: about 64 images of 224x224 with
             the 20 settings of :meth:`paper`, labels stored as int16); 0 disables it.
 
@@ -218,49 +347,66 @@ class Superpixels(Partition):
         >>> masks = sp.masks(torch.rand(3, 64, 64))
         >>> bool(masks.sum(0).eq(1).all())  # one segmentation covers every pixel exactly once
         True
+
+        In a LightningCLI config (``settings: paper`` for the paper's ensemble)::
+
+            partition:
+              class_path: pami_lightning.Superpixels
+              init_args:
+                settings:
+                  - [slic, {n_segments: 20, compactness: 20}]
+                  - {segmenter: seeds, params: {num_superpixels: 10}}
     """
 
     content_aware = True
     spatial_dims = 2
 
-    def __init__(self, settings: Sequence[Setting], *, cache_mb: float = 128) -> None:
+    def __init__(self, settings: Union[Literal["paper"], Sequence[SettingSpec]] = "paper", *, cache_mb: float = 128) -> None:
         if not 0 <= cache_mb < float("inf"):
             raise ValueError(f"cache_mb must be a finite number >= 0 (0 disables the label cache); got {cache_mb}")
         self.cache_mb = float(cache_mb)
         self._cache = _LabelCache(int(self.cache_mb * 2**20))
-        if isinstance(settings, (str, tuple)) or callable(settings):
-            settings = [settings]
-        self.settings: list[tuple[Segmenter, dict[str, Any], str]] = []
-        for setting in settings:
-            segmenter, params = (setting if isinstance(setting, tuple) else (setting, {}))
-            if isinstance(segmenter, str):
-                if segmenter not in SEGMENTERS:
-                    raise ValueError(f"unknown segmenter '{segmenter}'; registered: {sorted(SEGMENTERS)} — or pass a callable")
-                name, fn = segmenter, SEGMENTERS[segmenter]
-            elif callable(segmenter):
-                name, fn = getattr(segmenter, "__name__", repr(segmenter)), segmenter
-            else:
-                raise TypeError(f"a segmenter is a registered name or a callable; got {type(segmenter).__name__}")
-            self.settings.append((fn, dict(params), name))
+        #: The preset's name when built from one (``"paper"``), else None.
+        self.preset: str | None = None
+        if isinstance(settings, str):
+            if settings not in PRESETS:
+                raise ValueError(f"settings='{settings}' is not a preset ({', '.join(PRESETS)}); for one segmenter, pass a "
+                                 f"list: Superpixels(['{settings}']) or Superpixels([('{settings}', {{...params}})])")
+            self.preset, settings = settings, PRESETS[settings]
+        elif callable(settings) or not isinstance(settings, Sequence):
+            raise TypeError(f"settings is 'paper' or a list of settings; got {type(settings).__name__} — wrap one "
+                            "segmenter in a list: Superpixels([segmenter])")
+        self.settings: list[tuple[Segmenter, dict[str, Any], str]] = [_resolve_setting(spec) for spec in settings]
         if not self.settings:
-            raise ValueError("Superpixels needs at least one segmentation setting")
+            raise ValueError("Superpixels needs at least one segmentation setting (or settings='paper')")
+        self._left_out: dict[tuple[int, int], list[int]] = {}
+        self._warned: set[tuple[int, int]] = set()
 
     @classmethod
     def paper(cls, *, cache_mb: float = 128) -> Superpixels:
-        """The paper's Table 3 ensemble: 20 segmentations.
+        """The paper's Table 3 ensemble: 20 segmentations; the same as ``Superpixels("paper")``.
 
         felzenszwalb x6 (scale 250, 200, 150, 100, 70, 50; sigma 0.8; min_size 784), SLIC x8
         (n_segments 10..80; compactness 20), SEEDS x3 (10, 20, 30 superpixels; 5 levels; 10
         iterations), watershed on the Sobel gradient x3 (10, 20, 30 markers; compactness 1e-4).
-        ``cache_mb`` as in the constructor (default 128).
+        ``cache_mb`` as in the constructor (default 128). On images too small or thin for SEEDS
+        (see :func:`seeds_supported`, e.g. under 10x10 for 30 superpixels) its settings are left out.
         """
-        return cls(
-            [("felzenszwalb", {"scale": s, "sigma": 0.8, "min_size": 784}) for s in (250, 200, 150, 100, 70, 50)]
-            + [("slic", {"n_segments": n, "compactness": 20}) for n in (10, 20, 30, 40, 50, 60, 70, 80)]
-            + [("seeds", {"num_superpixels": n, "num_levels": 5, "n_iter": 10}) for n in (10, 20, 30)]
-            + [("watershed", {"markers": m, "compactness": 0.0001}) for m in (10, 20, 30)],
-            cache_mb=cache_mb,
-        )
+        return cls("paper", cache_mb=cache_mb)
+
+    def left_out(self, height: int, width: int) -> list[int]:
+        """Indices of the settings that cannot segment ``height x width`` images (SEEDS outside :func:`seeds_supported`).
+
+        The engine gets no parts from them for such images; see the class notes.
+        """
+        key = (int(height), int(width))
+        if key not in self._left_out:
+            skipped = []
+            for index, (fn, params, _) in enumerate(self.settings):
+                if fn is seeds and not seeds_supported(*key, *_seeds_grid_args(params)):
+                    skipped.append(index)
+            self._left_out[key] = skipped
+        return self._left_out[key]
 
     def segment(self, image: np.ndarray, index: int) -> np.ndarray:
         """Run setting ``index`` on a uint8 ``[H, W, 3]`` image; consecutive labels ``0..K-1`` (int32)."""
@@ -297,6 +443,7 @@ class Superpixels(Partition):
         if guide is not None and tuple(guide.shape[-2:]) != tuple(x.shape[-2:]):
             raise ValueError(f"guide must be an image [3, H, W] of the input's size {list(x.shape[-2:])}; got {list(guide.shape)}")
         image = to_uint8_image(guide if guide is not None else x)
+        skipped = self._check_size(*image.shape[:2])
         pin = device.type == "cuda"
         cache = self._cache if self._cache.max_bytes > 0 else None
         # Hashed once, before any segmenter sees (a copy of) the image.
@@ -315,9 +462,31 @@ class Superpixels(Partition):
             tensor = torch.from_numpy(labels)
             return LabelParts(tensor.pin_memory() if pin else tensor.clone(), device)
 
+        def nothing(_: int) -> LabelParts:
+            # No part (label -1 everywhere): the engine adds neither scores nor coverage from it.
+            return LabelParts(torch.full(image.shape[:2], -1, dtype=torch.int16), device)
+
+        indices = range(len(self.settings))
         if executor is None:
-            return [run(i) for i in range(len(self.settings))]
-        return [executor.submit(run, i) for i in range(len(self.settings))]
+            return [nothing(i) if i in skipped else run(i) for i in indices]
+        return [nothing(i) if i in skipped else executor.submit(run, i) for i in indices]
+
+    def _check_size(self, height: int, width: int) -> list[int]:
+        """The settings left out at this size (warned once per size); a ValueError when none is left."""
+        skipped = self.left_out(height, width)
+        if not skipped:
+            return skipped
+        names = ", ".join("seeds(num_superpixels={}, num_levels={})".format(*_seeds_grid_args(self.settings[i][1])) for i in skipped)
+        if len(skipped) == len(self.settings):
+            raise ValueError(f"{self!r} cannot segment {height}x{width} images: OpenCV's SEEDS would hang or crash on them "
+                             f"({names}); add other segmenters (e.g. ('slic', {{'n_segments': 20}})), use fewer "
+                             "superpixels or levels, or resize the images")
+        if (height, width) not in self._warned:
+            self._warned.add((height, width))
+            warnings.warn(f"{self!r}: {names} cannot segment {height}x{width} images (OpenCV's SEEDS would hang or crash "
+                          f"on them) and are left out for this size: the map averages the other "
+                          f"{len(self.settings) - len(skipped)} segmentations", UserWarning, stacklevel=_user_stacklevel())
+        return skipped
 
     def clear_cache(self) -> None:
         """Forget every cached label map."""
@@ -338,4 +507,5 @@ class Superpixels(Partition):
 
     def __repr__(self) -> str:
         cache = f", cache_mb={self.cache_mb:g}" if self.cache_mb != 128 else ""
-        return f"Superpixels({[(name, params) for _, params, name in self.settings]}{cache})"
+        settings = f"'{self.preset}'" if self.preset is not None else repr([(name, params) for _, params, name in self.settings])
+        return f"Superpixels({settings}{cache})"

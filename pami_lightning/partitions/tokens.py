@@ -43,6 +43,11 @@ class TokenPartition(Partition):
         self.pad_id = None if pad_id is None else int(pad_id)
         self.keep_ids = tuple(int(i) for i in keep_ids)
 
+    def _rule_repr(self) -> str:
+        """``pad_id`` and ``keep_ids`` for ``repr`` (when set), so that equal reprs mean equal partitions."""
+        pad = f", pad_id={self.pad_id}" if self.pad_id is not None else ""
+        return pad + (f", keep_ids={list(self.keep_ids)}" if self.keep_ids else "")
+
     def domain(self, x: Batch) -> Tensor:
         """Tokens of one input that parts may cover: bool ``[L]`` (False for padding and special tokens)."""
         ids = main_tensor(x)
@@ -183,7 +188,7 @@ class TokenWindows(TokenPartition):
         return -(-length // self.stride)
 
     def __repr__(self) -> str:
-        return f"TokenWindows(size={self.size}, stride={self.stride})"
+        return f"TokenWindows(size={self.size}, stride={self.stride}{self._rule_repr()})"
 
 
 class Words(TokenPartition):
@@ -265,7 +270,8 @@ class Words(TokenPartition):
         return [parts] if len(parts) else []
 
     def __repr__(self) -> str:
-        return f"Words(separator_ids={list(self.separator_ids)})" if self.separator_ids else "Words()"
+        args = f"separator_ids={list(self.separator_ids)}{self._rule_repr()}" if self.separator_ids else self._rule_repr()[2:]
+        return f"Words({args})"
 
 
 def word_ids_from_tokens(tokens: Sequence[str], *, special: Collection[str] = _SPECIAL_TOKENS) -> list[int]:
