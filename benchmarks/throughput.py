@@ -34,7 +34,7 @@ one ``buffer.copy_(other)`` of one input-sized float32 tensor measured in the sa
 and the peak extra memory of one explain call (RSS high-water mark in a fresh subprocess; CUDA peak
 allocation on a GPU) in batches of inputs.
 
-    python benchmarks/throughput.py --case all --fast         # every case, quick (a few minutes on 2 cores)
+    python benchmarks/throughput.py --case all --fast         # every case, quick (7-14 min on 2 busy shared cores)
     python benchmarks/throughput.py --case all                # 2 images per case, longer timings
     python benchmarks/throughput.py --case tiny32,cnn224 --keep-memory   # glibc keeps freed memory (see below)
     python benchmarks/throughput.py --case tiny32 --threads 2
@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_probe(case, method, args)))
         return
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads of {os.cpu_count()} cores"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} of {os.cpu_count()} cores"
     print(f"torch {torch.__version__}, captum {captum_version() or 'not installed'}; device {device} ({where}); dtype {args.dtype}")
     print(f"allocator: {allocator_state()}")
     print(f"{args.repeat} rounds per method, median of per-round ratios; {'--fast' if args.fast else f'{args.images} images per call'}")

@@ -111,7 +111,7 @@ def test_paper_ensemble_finishes_on_every_small_and_thin_image() -> None:
     assert len(out) == 43
     for size, (coverage, left_out) in out.items():
         assert coverage == [20 - left_out], size
-    assert out["1x1"][1] == out["2x100"][1] == out["9x9"][1] == 3 and out["32x32"][1] == 0
+    assert out["1x1"][1] == out["2x100"][1] == out["5x5"][1] == 3 and out["32x32"][1] == 0
     assert [out[f"{k}x{k}"][1] for k in (6, 8, 10)] == [2, 1, 0]  # 10, then 20, then 30 superpixels fit
 
 
