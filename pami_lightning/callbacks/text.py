@@ -8,17 +8,16 @@ its tokens on backgrounds coloured by importance: an image for TensorBoard and f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._inputs import Batch, main_tensor
 from ..explainer import PAMI
-from ..visualize import highlight_tokens, highlight_tokens_image
 from .samples import _LABEL_KEYS, Sample, _as_labels, _first
 
-__all__ = ["is_text", "text_batch_to_sample", "select_rows", "spatial_shape", "token_pictures"]
+__all__ = ["is_text", "text_batch_to_sample", "select_rows", "spatial_shape"]
 
 TokensFn = Callable[[list[int]], Sequence[str]]
 
@@ -62,25 +61,3 @@ def select_rows(inputs: Batch, part: slice) -> Batch:
 def spatial_shape(inputs: Batch, explainer: PAMI) -> torch.Size:
     """The axes a map covers: ``[H, W]`` of images ``[B, C, H, W]``, ``[L]`` of tokens ``[B, L]``."""
     return main_tensor(inputs).shape[1 if is_text(explainer) else 2 :]
-
-
-def token_pictures(inputs: Batch, maps: Tensor, k: int, tokens: Optional[TokensFn], colormap: str) -> tuple[list[Tensor], list[str]]:
-    """The first ``k`` samples' attended tokens coloured by their maps ``[B, L]``: images and HTML.
-
-    Args:
-        inputs: token ids ``[B, L]`` or a dict with ``input_ids`` (and ``attention_mask``).
-        maps: ``[B, L]`` importance maps.
-        k: how many samples to draw.
-        tokens: ids -> token strings (e.g. ``tokenizer.convert_ids_to_tokens``); default: the ids.
-        colormap: a matplotlib colour map name.
-    """
-    ids = main_tensor(inputs).cpu()
-    shown = inputs["attention_mask"].bool().cpu() if isinstance(inputs, Mapping) and "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
-    images, pages = [], []
-    for i in range(k):
-        kept = ids[i][shown[i]].tolist()
-        words = list(tokens(kept)) if tokens is not None else [str(t) for t in kept]
-        scores = maps[i].cpu()[shown[i]]
-        images.append(highlight_tokens_image(words, scores, cmap=colormap))
-        pages.append(highlight_tokens(words, scores, cmap=colormap))
-    return images, pages
