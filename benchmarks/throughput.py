@@ -30,7 +30,9 @@ blocks 3->8->16->32->32 plus global pooling and a linear layer; images are sciki
     large2048        the same, 2048x2048, SlidingWindow(256, 128); 256 windows each, batch 16
 
 For the large cases the unit is memory bandwidth: seconds per masked input divided by the seconds of
-one ``buffer.copy_(other)`` of one input-sized float32 tensor measured in the same run (goal <= 3),
+one ``buffer.copy_(other)`` of one input-sized float32 tensor (the mean of a 0.25 s block of copies
+right before and after each measurement; goal <= 3), also for the raw forward alone and for
+``engine - raw`` (the near-free model still reads every input: 2.5-5 copies on one CPU thread),
 and the peak extra memory of one explain call (RSS high-water mark in a fresh subprocess; CUDA peak
 allocation on a GPU) in batches of inputs.
 
@@ -90,7 +92,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -258,7 +260,7 @@ def build_setup(name: str, args: argparse.Namespace, n_images: int) -> Setup:
     return setup
 
 
-def make_partition(spec: CaseSpec, shape: str = "circle", stride: int | None = None) -> Any:
+def make_partition(spec: CaseSpec, shape: Literal["circle", "square"] = "circle", stride: int | None = None) -> Any:
     if spec.window is None:
         return Superpixels.paper()
     radius, step = spec.window
@@ -398,20 +400,25 @@ def paired(s: Setup, fn: Callable[[], Any], raw: Callable[[], None], raw_batches
     return method, base
 
 
-def copy_seconds(s: Setup, reps: int = 15) -> float:
-    """Median seconds of one ``buffer.copy_(other)`` of one input-sized float32 tensor."""
+def copy_seconds(s: Setup, seconds: float = 0.25) -> float:
+    """Seconds of one ``buffer.copy_(other)`` of one input-sized float32 tensor: the mean over ``seconds`` of copies.
+
+    A block of copies, not the median of a few single ones: on a shared machine a single copy of a
+    few ms is either preempted or not, a block averages the contention as the method's run does.
+    """
     a = torch.rand(s.images.shape[1:], device=s.device)
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
-    times = []
-    for _ in range(reps):
-        sync(s.device)
-        start = time.perf_counter()
+    sync(s.device)
+    n, start = 0, time.perf_counter()
+    while n < 5 or time.perf_counter() - start < seconds:
         b.copy_(a)
-        sync(s.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        n += 1
+        if s.device.type == "cuda" and n % 16 == 0:
+            sync(s.device)
+    sync(s.device)
+    return (time.perf_counter() - start) / n
 
 
 @dataclass
@@ -428,6 +435,7 @@ class Method:
     calls_per_round: int = 0
     faults: list[float] = field(default_factory=list)  # minor page faults per input
     copies: list[float] = field(default_factory=list)  # large cases: seconds per input / seconds of one input copy
+    raw_copies: list[float] = field(default_factory=list)  # the same for the raw forward paired with it
     error: str | None = None
 
 
@@ -583,7 +591,6 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
     raw_rates: list[float] = []
     raw_faults: list[float] = []
     copies: list[float] = []  # seconds of one input copy, next to each measurement
-    raw_copies: list[float] = []  # raw seconds per input in copies, per measurement
     for _ in range(args.repeat):
         for m in methods:
             if m.error or (args.fast and m.seconds and m.seconds[0] * m.calls_per_round > FAST_ROUND_SECONDS):
@@ -606,7 +613,7 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
             if s.spec.large:
                 copies.append(copy)
                 m.copies.append(t.seconds / m.passes(t) / copy)
-                raw_copies.append(1 / raw_rate / copy)
+                m.raw_copies.append(1 / raw_rate / copy)
             raw_faults.append(r.faults / (r.calls * s.batch_size))
             if m.name.startswith("engine") and t.hooked and t.hooked != t.calls * s.passes:
                 note = f"{m.name} ran {t.hooked / t.calls:.0f} forward inputs per call for {s.passes} masked inputs"
@@ -659,11 +666,11 @@ def run_case(name: str, args: argparse.Namespace) -> Result:
         nbytes = s.images[0].numel() * 4
         unit = (f"copy of {nbytes / 1e6:.1f} MB in {copy * 1e3:.2f} ms = {2 * nbytes / copy / 1e9:.1f} GB/s read+write")
         extra = [f"{m.name} {statistics.median(m.copies):.2f}" for m in methods if m.copies]
-        extra.append(f"raw forward alone {statistics.median(raw_copies):.2f}")
-        engine = by_name.get("engine")
-        if engine is not None and engine.copies:
+        window_engine = by_name.get("engine")
+        if window_engine is not None and window_engine.copies:
+            extra.append(f"raw forward alone {statistics.median(window_engine.raw_copies):.2f} (next to the engine)")
             # Per round: engine and raw of the same measurement.
-            minus = [c * (1 - ratio) for c, ratio in zip(engine.copies, engine.ratios, strict=True)]
+            minus = [c * (1 - ratio) for c, ratio in zip(window_engine.copies, window_engine.ratios, strict=True)]
             extra.append(f"engine - raw {statistics.median(minus):.2f}")
         batch_bytes = s.batch_size * nbytes
         peaks = []

@@ -11,12 +11,22 @@ from .scores import caption_word_score
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # The callback pulls in Lightning (seconds to import): load it only when asked for.
-    if name == "PAMICallback":
-        from .callbacks import PAMICallback
+#: Names whose modules pull in Lightning (seconds to import): loaded only when asked for.
+_LAZY = {
+    "PAMICallback": "callbacks",
+    **dict.fromkeys(
+        ["ExplanationModule", "ExplanationWriter", "EvaluationData", "evaluate", "load_results", "Results", "Explainer",
+         "PAMIExplainer", "RandomBaseline", "CenterBaseline", "CaptumOcclusion", "CaptumFeatureAblation"],
+        "evaluation",
+    ),
+}
 
-        return PAMICallback
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'pami_lightning' has no attribute '{name}'")
 
 __all__ = [
@@ -43,6 +53,18 @@ __all__ = [
     "Deletion",
     "boxes_to_mask",
     "PAMICallback",
+    "ExplanationModule",
+    "ExplanationWriter",
+    "EvaluationData",
+    "evaluate",
+    "load_results",
+    "Results",
+    "Explainer",
+    "PAMIExplainer",
+    "RandomBaseline",
+    "CenterBaseline",
+    "CaptumOcclusion",
+    "CaptumFeatureAblation",
     "VOCDataset",
     "CocoDataset",
     "FolderDataset",

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from functools import reduce
@@ -29,6 +30,8 @@ __all__ = ["main", "build_parser", "load_class", "load_model", "read_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: What ``--output`` may explain (the names of the API's ``output=``).
+OUTPUTS = ("softmax", "sigmoid", "identity")
 
 DESCRIPTION = "Explain one image with a trained model (PAMI): write a heatmap overlay (OUT.png) and the raw map (OUT.npy)."
 EPILOG = """\
@@ -55,6 +58,23 @@ examples:
 
 class CLIError(Exception):
     """A user error: reported as one line on stderr, exit status 2."""
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag that still works: stores into the new flag's ``dest`` and says, on stderr, which flag to use."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new} (the same values)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Python warnings as the CLI's own lines: ``pami-explain: warning: ...`` (no file and line of library code)."""
+    print(f"pami-explain: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _positive_int(text: str) -> int:
@@ -92,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--shape", choices=("circle", "square"), help="sliding only: window shape (default circle)")
     how.add_argument("--masker", choices=("blur", "black", "white"), default="blur",
                      help="what replaces the masked-out pixels: the paper's 49x49 blur (default), black or white")
-    how.add_argument("--score", choices=("softmax", "sigmoid", "identity"), default="softmax",
-                     help="what is explained: softmax probability of the class (default), sigmoid of its logit (multi-label), or the raw output")
+    how.add_argument("--output", choices=OUTPUTS, default="softmax",
+                     help="what is explained (the API's output=): softmax probability of the class (default), sigmoid of its logit "
+                          "(multi-label), or the raw output")
+    how.add_argument("--score", choices=OUTPUTS, dest="output", action=_DeprecatedAlias, new="--output", default=argparse.SUPPRESS,
+                     help="deprecated alias of --output")
     how.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="masked images per forward pass (default 64)")
 
     data = parser.add_argument_group("input and output")
@@ -327,7 +350,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         partition = Superpixels.paper()
     masker = {"blur": Blur(), "black": Constant(0.0), "white": Constant(1.0)}[args.masker]
     # progress=True: off a terminal (a log file, a job queue) the engine reports progress as lines on stderr.
-    explainer = PAMI(model, partition, masker, preprocess, output=args.score, batch_size=args.batch_size,
+    explainer = PAMI(model, partition, masker, preprocess, output=args.output, batch_size=args.batch_size,
                      second_run=args.second_run, progress=True)
     planned = _planned_passes(partition, image.shape[-2:], top1=args.target is None, second_run=args.second_run)
     print(f"pami-explain: 1 image ({image.shape[-2]}x{image.shape[-1]}), {planned}", flush=True)
@@ -365,13 +388,15 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pami-explain``; returns the exit status (0, or 2 for user errors)."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except CLIError as exc:
-        if args.traceback:
-            raise
-        print(f"pami-explain: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            run(args)
+        except CLIError as exc:
+            if args.traceback:
+                raise
+            print(f"pami-explain: error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

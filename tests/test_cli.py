@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from cli_models import TinyLit, TinyNet
 from pami_lightning.cli import main
+
+from cli_models import TinyLit, TinyNet
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,6 +99,33 @@ def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
     assert planned == ("pami-explain: 1 image (40x56), one forward pass per superpixel of 20 segmentations, in each of two runs: "
                        "counted after segmentation")  # --target: no pass for the top-1 class
     assert result.startswith("class 2:")
+
+
+def test_superpixels_on_a_tiny_image_finishes(files, tmp_path):
+    # OpenCV's SEEDS hangs on 3x3 images (and crashes the process on 4x4): the ensemble leaves it out and says so.
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(3, 3, 3), dtype=np.uint8)).save(tiny)
+    out = tmp_path / "tiny_sp.png"
+    done = _script(["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(tiny),
+                    "--strategy", "superpixels", "--out", str(out)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _check_outputs(out, (3, 3))
+    warning = next(line for line in done.stderr.splitlines() if line.startswith("pami-explain: warning:"))
+    assert "seeds(num_superpixels=10, num_levels=5)" in warning and "cannot segment 3x3 images" in warning
+    assert "the map averages the other 17 segmentations" in warning
+
+
+def test_score_is_a_deprecated_alias_of_output(files, tmp_path, capsys):
+    common = ["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(files["image"]), "--radius", "8", "--stride", "8"]
+    maps = {}
+    for flags in (["--output", "identity"], ["--score", "identity"], []):
+        out = tmp_path / f"{'_'.join(flags) or 'default'}.png"
+        assert main([*common, *flags, "--out", str(out)]) == 0
+        maps[tuple(flags)] = np.load(out.with_suffix(".npy"))
+        err = capsys.readouterr().err
+        assert ("--score is deprecated; use --output" in err) == (flags[:1] == ["--score"]), err
+    np.testing.assert_array_equal(maps[("--score", "identity")], maps[("--output", "identity")])
+    assert not np.allclose(maps[("--output", "identity")], maps[()])  # logits, not the default softmax probabilities
 
 
 def test_console_script_error_is_one_line_without_traceback(files, tmp_path):
@@ -181,3 +209,4 @@ def test_help_documents_every_flag():
     assert not undocumented
     text = parser.format_help()
     assert "LightningModule" in text and "state_dict" in text  # both ways of loading a model
+    assert "--output {softmax,sigmoid,identity}" in text and "deprecated alias of --output" in text

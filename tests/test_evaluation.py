@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_evaluation_helpers import CLASSES, ColourModel, dataset, explainers, module, run, trainer, write_voc
+from evaluation_helpers import CLASSES, ColourModel, dataset, explainers, module, run, trainer, write_voc
 
 from pami_lightning import PAMI, Blur, Constant, Superpixels
 from pami_lightning.data import collate
@@ -34,7 +35,7 @@ from pami_lightning.evaluation import (
 from pami_lightning.evaluation.layout import COLUMNS, read_table
 from pami_lightning.metrics.functional import curve_auc, pointing_game, pointing_game_baselines
 
-HELPERS = Path(__file__).with_name("test_evaluation_helpers.py")
+HELPERS = Path(__file__).with_name("evaluation_helpers.py")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
 
 
@@ -190,6 +191,15 @@ def test_captum_feature_ablation_over_grid_cells_and_superpixels(voc: Path) -> N
         CaptumFeatureAblation(model, features=lambda z: z[:, 0])(x, t)
 
 
+def test_the_module_pickles_with_its_explainers_sharing_its_model() -> None:
+    # ddp_spawn sends the module to every process: the explainers must arrive calling the module's own model.
+    m = module(ColourModel())
+    clone = pickle.loads(pickle.dumps(m))
+    assert list(clone.explainers) == list(m.explainers)
+    model = clone.models[0]
+    assert clone.explainers["PAMI-I"].pami.model is model and clone.explainers["occlusion"].call.model is model  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -225,6 +235,9 @@ def test_a_run_writes_the_documented_layout_and_consistent_scores(reference: Pat
     assert summary["PAMI-I"]["insertion"] > summary["random"]["insertion"]
     assert summary["PAMI-I"]["deletion"] < summary["random"]["deletion"]
     assert summary["PAMI-I"]["passes"] == 64 and summary["occlusion"]["passes"] == 50 and summary["random"]["passes"] == 0
+    res.to_csv(str(reference.parent / "all.csv"))
+    lines = (reference.parent / "all.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == len(res) + 1
     run_json = json.loads((reference / "run.json").read_text())
     assert run_json["tolerance"] == "relative" and run_json["insertion_substrate"] == "Blur(kernel_size=11, sigma=5)"
 
@@ -293,6 +306,14 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_results(voc: Path, ref
     assert_same_results(out, reference)
     # Nothing half-written is left.
     assert not [f for _, _, files in os.walk(out) for f in files if ".tmp-" in f]
+
+
+def test_running_a_finished_folder_again_explains_nothing(voc: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    run(voc, out)
+    assert sorted(os.listdir(out / "samples")) == sorted(os.listdir(reference / "samples"))
+    assert_same_results(out, reference)  # scores.json rewritten from the table: the same numbers
 
 
 def test_resuming_with_other_settings_is_an_error(voc: Path, reference: Path, tmp_path: Path) -> None:

@@ -21,10 +21,11 @@ from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from callback_helpers import TinyNet, shapes
 from pami_lightning import AttentionMask, Blur, Constant, Masker, PAMICallback, Pooled, SlidingWindow, Superpixels, TokenMask, TokenWindows, Words
 from pami_lightning.maskers import as_masker
-from pami_lightning.partitions import Partition, TokenPartition
+from pami_lightning.partitions import Partition
+
+from callback_helpers import TinyNet, shapes
 
 #: name -> (the object as a config file writes it, the object built in Python).
 IMAGE_PARTITIONS: dict[str, tuple[str, Partition]] = {
@@ -95,7 +96,8 @@ TOKEN_MASKERS: dict[str, tuple[str, Masker]] = {
     "attention mask": ("class_path: pami_lightning.AttentionMask", AttentionMask()),
 }
 
-PARTITIONS = {**IMAGE_PARTITIONS, **TOKEN_PARTITIONS}
+PARTITIONS = {**IMAGE_PARTITIONS, **TOKEN_PARTITIONS, "Superpixels() by default": ("class_path: pami_lightning.Superpixels", Superpixels.paper()),
+              "SlidingWindow() by default": ("class_path: pami_lightning.SlidingWindow", SlidingWindow())}
 MASKERS = {**IMAGE_MASKERS, **TOKEN_MASKERS}
 
 
@@ -108,13 +110,15 @@ def assert_same(built: Any, expected: Any) -> None:
     """Same class, same repr, and the same behaviour: equal masks (partitions) or substrates (maskers)."""
     assert type(built) is type(expected) and repr(built) == repr(expected)
     if isinstance(expected, Partition):
-        token = isinstance(expected, TokenPartition) or isinstance(expected, Pooled) and not expected.channel_axis
-        x: Any = _tokens() if token else torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0))
+        x: Any = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0)) if expected.channel_axis else _tokens()
         assert torch.equal(built.masks(x), expected.masks(x))
     else:
         x = {k: v[None] for k, v in _tokens().items()} if expected.for_tokens else torch.rand(1, 3, 20, 24)
         a, b = as_masker(built).substrate(x), as_masker(expected).substrate(x)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) if isinstance(a, dict) else torch.equal(a, b)
+        if isinstance(a, dict):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            assert torch.equal(a, b)
 
 
 def _block(yaml: str, indent: int) -> str:

@@ -43,7 +43,7 @@ class _CaptumBase:
     name: str
 
     def __init__(self, model: Callable[..., Any] | ModelCall, baselines: BaselineLike, perturbations_per_eval: int | None) -> None:
-        self.attr = _captum_attr()
+        _captum_attr()  # fail here, not on the first batch, when captum is missing
         self.call = _as_call(model)
         if not isinstance(baselines, (int, float, Masker)) or isinstance(baselines, bool):
             raise TypeError(f"baselines must be a number (a constant image) or a Masker such as Blur(49, 100); got {type(baselines).__name__}")
@@ -101,11 +101,11 @@ class CaptumOcclusion(_CaptumBase):
             raise ValueError(f"window and stride must be >= 1 pixel; got window={window}, stride={stride}")
         self.window, self.stride = int(window), int(stride)
         self.name = check_method_name(name)
-        self._method = self.attr.Occlusion(self._forward)
 
     def __call__(self, images: Tensor, target: Tensor) -> Tensor:
         c = images.shape[1]
-        return self._run(self._method, images, target, sliding_window_shapes=(c, self.window, self.window), strides=(c, self.stride, self.stride))
+        # Built per call: the adapter then pickles (ddp_spawn) without Captum objects in it.
+        return self._run(_captum_attr().Occlusion(self._forward), images, target, sliding_window_shapes=(c, self.window, self.window), strides=(c, self.stride, self.stride))
 
     def __repr__(self) -> str:
         return f"CaptumOcclusion(window={self.window}, stride={self.stride}, baselines={self.baselines!r}, name={self.name!r})"
@@ -157,7 +157,6 @@ class CaptumFeatureAblation(_CaptumBase):
             raise ValueError(f"cell and n_segments must be >= 1; got cell={cell}, n_segments={n_segments}")
         self.features, self.cell, self.n_segments = features, int(cell), int(n_segments)
         self.name = check_method_name(name)
-        self._method = self.attr.FeatureAblation(self._forward)
 
     def feature_mask(self, images: Tensor) -> Tensor:
         """The feature ids ``[B, H, W]`` (long) of ``images``."""
@@ -173,7 +172,7 @@ class CaptumFeatureAblation(_CaptumBase):
         return mask.long().to(images.device)
 
     def __call__(self, images: Tensor, target: Tensor) -> Tensor:
-        return self._run(self._method, images, target, feature_mask=self.feature_mask(images)[:, None])
+        return self._run(_captum_attr().FeatureAblation(self._forward), images, target, feature_mask=self.feature_mask(images)[:, None])
 
     def __repr__(self) -> str:
         what = self.features if isinstance(self.features, str) else getattr(self.features, "__qualname__", "callable")

@@ -194,6 +194,7 @@ class PAMIExplainer:
         recorder = _RecordingPartition(self.pami.partition)
         counter = CountingCall(self.pami.call)
         runner.partition, runner.call = recorder, counter
+        runner.progress = False  # the trainer's progress bar reports the run, not one bar per batch
         maps = runner.explain(images, target)
         views = len(self.pami.shifts) if self.pami.shifts else 1
         self._passes = _per_image(recorder.calls, images.shape[0], views, counter.passes)

@@ -103,8 +103,19 @@ def save_npy(path: str, array: np.ndarray, fsync: bool = False) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), fsync)
 
 
+def _null_nan(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _null_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_nan(v) for v in obj]
+    return obj
+
+
 def write_json(path: str, obj: Any, fsync: bool = False) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    """Standard JSON (NaN written as null, which every JSON reader accepts), atomically."""
+    text = json.dumps(_null_nan(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")), fsync)
 
 

@@ -207,7 +207,8 @@ class ExplanationModule(pl.LightningModule):
             "insertion_substrate": _describe(self.insertion_substrate),
             "deletion_substrate": _describe(self.deletion_substrate),
             "num_classes": self.resolved_num_classes(),
-            "model": _describe(self.model_call),
+            "model": type(self.model_call.model).__qualname__,
+            "output": self.model_call.output if isinstance(self.model_call.output, str) else _describe(self.model_call.output),
         }
 
     def skip(self, indices: Sequence[int]) -> None:
@@ -273,7 +274,9 @@ class ExplanationModule(pl.LightningModule):
         """Explain ``x`` for ``t`` with one method and score its maps per image."""
         _sync(x.device)
         start = time.perf_counter()
-        maps = explainer(x, t, index=index) if getattr(explainer, "needs_index", False) else explainer(x, t)  # type: ignore[call-arg]
+        # A copy per method: one that edits its input in place cannot change what the next one sees.
+        images = x.clone()
+        maps = explainer(images, t, index=index) if getattr(explainer, "needs_index", False) else explainer(images, t)  # type: ignore[call-arg]
         _sync(x.device)
         seconds = (time.perf_counter() - start) / x.shape[0]
         maps = _check_maps(name, maps, x)

@@ -187,6 +187,17 @@ def _value(v: Any) -> Any:
     return v
 
 
+def _nan_null(obj: Any) -> Any:
+    """scores.json's nulls (NaN: nothing counted) back to NaN."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _nan_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_null(v) for v in obj]
+    return obj
+
+
 def load_results(out_dir: str | os.PathLike[str]) -> Results:
     """Merge an evaluation folder written by :class:`~pami_lightning.evaluation.ExplanationWriter`.
 
@@ -219,5 +230,5 @@ def load_results(out_dir: str | os.PathLike[str]) -> Results:
     at = at[first]
     columns = {k: v[at] for k, v in raw.items()}
     scores_file = os.path.join(out_dir, SCORES_FILE)
-    scores = read_json(scores_file) if os.path.isfile(scores_file) else None
+    scores = _nan_null(read_json(scores_file)) if os.path.isfile(scores_file) else None
     return Results(out_dir=out_dir, config=config, columns=columns, scores=scores)

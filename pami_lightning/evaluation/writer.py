@@ -40,7 +40,8 @@ class ExplanationWriter(BasePredictionWriter):
     maps before they are stored.
 
     On start (rank 0, before any batch): checks ``run.json`` against the module's settings (a
-    different configuration is an error), deletes leftovers of a killed run, reads the samples
+    different configuration is an error), deletes leftovers of a killed run (and ``scores.json``,
+    rewritten when the run completes), reads the samples
     already written (:attr:`done`) and adds their sums to the module's metric states, so that
     ``scores.json`` covers the whole dataset. :class:`EvaluationData` leaves the done samples out of
     the dataloader; the module skips them in any other dataloader.
@@ -96,6 +97,9 @@ class ExplanationWriter(BasePredictionWriter):
         else:
             write_json(path, config, self.fsync)
         clean(self.out_dir)
+        scores = os.path.join(self.out_dir, SCORES_FILE)
+        if os.path.isfile(scores):
+            os.remove(scores)  # rewritten when this run completes: never stale next to a partial table
         self._previous = load_results(self.out_dir)
         return next_run(self.out_dir), self._previous.indices().tolist()
 
@@ -151,11 +155,10 @@ class ExplanationWriter(BasePredictionWriter):
             write_json(os.path.join(self.out_dir, SCORES_FILE), module.scores, self.fsync)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Nothing was left to explain (the loop never started): the scores of the table, as a completed run would write.
-        if stage == "predict" and not self._started and trainer.is_global_zero and os.path.isfile(os.path.join(self.out_dir, RUN_FILE)):
-            results = load_results(self.out_dir)
-            if not os.path.isfile(os.path.join(self.out_dir, SCORES_FILE)) and len(results):
-                write_json(os.path.join(self.out_dir, SCORES_FILE), _state_keys(results.summary()), self.fsync)
+        # Nothing was left to explain (Lightning skips an empty loop and its hooks): the scores of the
+        # table, which are what the metric states would hold.
+        if stage == "predict" and not self._started and trainer.is_global_zero and self._previous is not None and len(self._previous):
+            write_json(os.path.join(self.out_dir, SCORES_FILE), _state_keys(self._previous.summary()), self.fsync)
 
 
 def _state_keys(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -214,13 +214,22 @@ def _caller_stacklevel() -> int:
 
 
 _ARGS_DOC = """
-    Every point of every image goes through the model in full batches of ``batch_size`` (points of
-    several images share a batch; the step images are built with one comparison of each pixel's
-    saliency rank per point) through a :class:`~pami_lightning.ModelCall`: under
-    ``torch.inference_mode()`` with the model in eval mode (each submodule's mode is restored). The
-    model is not registered as a submodule: its weights stay out of the metric's ``state_dict``.
-    States are sums (AUCs, image count, curves), so DDP ranks with different numbers of images give
-    exactly the single-process result.
+    The step images go through the model in full batches of ``batch_size`` (points of several
+    images share a batch; each is built with one comparison of each pixel's saliency rank) through
+    a :class:`~pami_lightning.ModelCall`: under ``torch.inference_mode()`` with the model in eval
+    mode (each submodule's mode is restored). No input is run twice: with ``target=None`` the clean
+    images are the first rows, giving both the top-1 class and the clean point; a ``clean=`` pass
+    given to ``update`` replaces them; a substrate that is one image for the whole batch
+    (``Constant``) is run once. The curves are those of the plain one-forward-per-step loop.
+
+    The model is not registered as a submodule: its weights stay out of the metric's
+    ``state_dict``. States are sums (AUCs, image count, curves; named ``insertion_*`` /
+    ``deletion_*``, so that a ``MetricCollection`` never merges the two), and DDP ranks with
+    different numbers of images give exactly the single-process result.
+
+    ``update(heatmaps, masks=None, *, images, target=None, clean=None)`` takes the arguments in the
+    order of every metric here, so one ``MetricCollection`` call updates the pointing games and
+    these (``masks`` is not used).
 
     Args:
         model: the ``nn.Module`` scored, ``[N, C, H, W] -> outputs`` (``[N, K]`` for the built-in

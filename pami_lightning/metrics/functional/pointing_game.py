@@ -35,7 +35,7 @@ def _check_tolerance(tolerance: object) -> None:
         return
     if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
         hint = ""
-        if isinstance(tolerance, (Tensor, list, tuple)):
+        if isinstance(tolerance, (list, tuple)) or (isinstance(tolerance, Tensor) and tolerance.ndim > 0):
             hint = " — labels and num_classes are keyword arguments: pointing_game(heatmaps, masks, tolerance, labels=labels, num_classes=K)"
         raise TypeError(f'tolerance must be pixels (a number >= 0) or "relative"; got {type(tolerance).__name__}{hint}')
     if not float(tolerance) >= 0:  # also NaN

@@ -107,6 +107,6 @@ def run(voc: Path, out: Path, devices: int = 1, batch_size: int = 2, delay: floa
     return evaluate(trainer(devices), module(model, **kwargs), dataset(voc), out, batch_size=batch_size)
 
 
-if __name__ == "__main__":  # python test_evaluation_helpers.py VOC OUT [DELAY]: one run, as a separate process
+if __name__ == "__main__":  # python evaluation_helpers.py VOC OUT [DELAY]: one run, as a separate process
     run(Path(sys.argv[1]), Path(sys.argv[2]), delay=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
     os._exit(0)
