@@ -264,6 +264,8 @@ class PAMI:
         device = main_tensor(inputs).device
         # Content-aware partitions segment on the CPU: copy the inputs there once.
         seen_all = main_tensor(inputs).detach().cpu() if self.partition.content_aware else None
+        # One masker call for every unshifted view (a shifted view's blur differs at the borders).
+        unshifted = self.masker.substrate(inputs) if any(not any(v) for v in shifts) else None
         for b in range(batch_len(inputs)):
             for v, shift in enumerate(shifts):
                 if guides is not None and (b, v) not in guides:
@@ -272,7 +274,7 @@ class PAMI:
                 seen = roll(seen_all[b], shift, first=1) if seen_all is not None else x
                 guide = guides[b, v] if guides is not None else None
                 groups = self.partition.parts(seen, guide=guide, device=device, executor=executor)
-                substrate = index(self.masker.substrate(to_batch(x)), 0)
+                substrate = index(unshifted, b) if unshifted is not None and not any(shift) else index(self.masker.substrate(to_batch(x)), 0)
                 keep = self.partition.keep(x)
                 if keep is not None:
                     # Positions no part covers (padding, special tokens) reach every masked input unchanged.

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import box_image, random_images
 from pami_lightning import SlidingWindow, Superpixels, register_segmenter
 from pami_lightning.partitions import SEGMENTERS
 from pami_lightning.partitions.base import consecutive_labels
 from pami_lightning.partitions.superpixels import to_uint8_image
+
+from conftest import box_image, random_images
 
 
 def centres_of(masks: torch.Tensor) -> list[tuple[int, int]]:
@@ -18,7 +19,7 @@ def centres_of(masks: torch.Tensor) -> list[tuple[int, int]]:
     assert torch.all(masks.sum(dim=(1, 2)) == 1)
     flat = masks.flatten(1).to(torch.uint8).argmax(1)
     width = masks.shape[2]
-    return list(zip((flat // width).tolist(), (flat % width).tolist()))
+    return list(zip((flat // width).tolist(), (flat % width).tolist(), strict=True))
 
 
 def test_reference_grid_on_224():

@@ -16,7 +16,6 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from conftest import make_cnn, normalize
 from skimage import data
 from skimage.color import rgb2gray
 from skimage.filters import sobel
@@ -28,6 +27,8 @@ from pami_lightning.maskers import Blur
 from pami_lightning.partitions import SEGMENTERS, LabelParts
 from pami_lightning.partitions.base import consecutive_labels
 from pami_lightning.partitions.superpixels import colour_guide, to_uint8_image
+
+from conftest import make_cnn, normalize
 
 # A few settings of each segmenter for 96x96 images: felzenszwalb's min_size is the paper's 784 (28^2)
 # scaled by (96/224)^2, so each segmentation still has several segments.
@@ -404,7 +405,7 @@ def test_cache_is_thread_safe_and_copies_start_empty():
     with ThreadPoolExecutor(4) as pool:
         for _ in range(5):
             groups = [[f.result() for f in sp.parts(img, executor=pool)] for img in images]
-            for got, expected in zip(groups, want):
+            for got, expected in zip(groups, want, strict=True):
                 assert torch.equal(torch.cat([g.masks() for g in got]), expected)
     assert seg.calls <= 2 * 16  # 16 segmentations, a few perhaps twice while racing
     # Copies (and pickles) start with an empty cache of their own: a lock cannot be copied.

@@ -9,9 +9,10 @@ import warnings
 import pytest
 import torch
 
-from conftest import make_cnn, random_images
 from pami_lightning import PAMI, Blur, Constant, SlidingWindow, Superpixels, TokenWindows, Words
 from pami_lightning.partitions import Pooled
+
+from conftest import make_cnn, random_images
 
 # ---------------------------------------------------------------------------------------- relative windows
 
@@ -130,7 +131,7 @@ def test_size_aware_arguments_are_checked():
         SlidingWindow.relative(stride=6)
     with pytest.raises(ValueError, match=r"stride must be in \(0, 1\]"):
         SlidingWindow.relative(stride=0.0)
-    with pytest.raises(ValueError, match='unit must be "px" .* or "fraction"'):
+    with pytest.raises(ValueError, match=r'unit must be "px" .* or "fraction"'):
         SlidingWindow(unit="pixels")  # type: ignore[arg-type]
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="max_parts must be a whole number >= 1"):
