@@ -8,28 +8,34 @@ status 2; ``--traceback`` shows the full Python traceback instead.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import json
-import os
 import sys
 import time
 import warnings
-import zipfile
-from collections.abc import Callable, Sequence
-from functools import reduce
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._cli_common import (
+    CLIError,
+    _non_negative_int,
+    _one_line,
+    _positive_int,
+    add_model_arguments,
+    add_normalisation_arguments,
+    load_class,
+    load_model,
+    normalisation,
+    parse_init_args,
+    warning_printer,
+)
+
 if TYPE_CHECKING:  # torch is imported lazily so that --help and flag errors answer at once
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from .partitions import Partition
 
 __all__ = ["main", "build_parser", "load_class", "load_model", "read_image"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: What ``--output`` may explain (the names of the API's ``output=``).
 OUTPUTS = ("softmax", "sigmoid", "identity")
 
@@ -56,10 +62,6 @@ examples:
 """
 
 
-class CLIError(Exception):
-    """A user error: reported as one line on stderr, exit status 2."""
-
-
 class _DeprecatedAlias(argparse.Action):
     """An old flag that still works: stores into the new flag's ``dest`` and says, on stderr, which flag to use."""
 
@@ -72,23 +74,7 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
-    """Python warnings as the CLI's own lines: ``pami-explain: warning: ...`` (no file and line of library code)."""
-    print(f"pami-explain: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {value}")
-    return value
+_show_warning = warning_printer("pami-explain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pami-explain", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     need = parser.add_argument_group("required")
-    need.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="model checkpoint (Lightning .ckpt, or a torch.save'd state_dict)")
-    need.add_argument("--module", required=True, metavar="PKG.MOD:CLASS", help="the model class: a LightningModule or an nn.Module subclass (see below)")
+    add_model_arguments(need)
     need.add_argument("--image", required=True, type=Path, metavar="IMG", help="image file to explain (any format Pillow reads)")
     need.add_argument("--out", required=True, type=Path, metavar="OUT.png", help="overlay PNG to write; the raw map goes to the same path with .npy")
 
@@ -121,123 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("input and output")
     data.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), help="resize the image to H x W before explaining (default: keep its size)")
-    data.add_argument("--preprocess", choices=("none", "imagenet"), default="none",
-                      help="normalisation applied to each masked image before the model: none (default) or ImageNet mean/std")
-    data.add_argument("--mean", type=float, nargs="+", metavar="M", help="custom normalisation mean, one value or one per channel (needs --std)")
-    data.add_argument("--std", type=float, nargs="+", metavar="S", help="custom normalisation std, one value or one per channel (needs --mean)")
-    data.add_argument("--init-args", default="{}", metavar="JSON",
-                      help="""keyword arguments for the model class as a JSON object, e.g. '{"num_classes": 10}' (default: none)""")
+    add_normalisation_arguments(data)
     data.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
     data.add_argument("--alpha", type=float, default=0.5, help="weight of the heatmap colour in the overlay (default 0.5)")
     data.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlay (default jet)")
     data.add_argument("--traceback", action="store_true", help="on errors, show the full Python traceback instead of one line")
     return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as ``Type: message`` on one line (long messages cut)."""
-    text = " ".join(str(exc).split()) or repr(exc)
-    text = text if len(text) <= 400 else text[:397] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
-def _import(module: str) -> Any:
-    """Import ``pkg.mod`` (from the current directory or PYTHONPATH) or a ``path/to/file.py``."""
-    if module.endswith(".py"):
-        path = Path(module).expanduser().resolve()
-        if not path.is_file():
-            raise CLIError(f"--module: file not found: {module}")
-        # Its folder goes on sys.path so that the file's own sibling imports work.
-        sys.path.insert(0, str(path.parent))
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except Exception as exc:
-            raise CLIError(f"--module: importing {module} failed: {_one_line(exc)}") from exc
-        return mod
-    # Console scripts do not put the current directory on sys.path; `python -m` does, and users expect it.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
-            raise CLIError(f"--module: no module named '{module}'; run from the folder that holds it, add that folder to PYTHONPATH, or pass a file path (models.py:ClassName)") from exc
-        raise CLIError(f"--module: importing '{module}' failed: {_one_line(exc)}") from exc
-    except Exception as exc:
-        raise CLIError(f"--module: importing '{module}' failed: {_one_line(exc)}") from exc
-
-
-def load_class(spec: str) -> type:
-    """The model class named by ``pkg.mod:ClassName`` (or ``path/to/file.py:ClassName``)."""
-    from torch import nn
-
-    module, sep, name = spec.rpartition(":")
-    if not sep or not module or not name:
-        raise CLIError(f"--module must look like pkg.mod:ClassName (or path/to/file.py:ClassName); got '{spec}'")
-    mod = _import(module)
-    try:
-        obj = reduce(getattr, name.split("."), mod)
-    except AttributeError as exc:
-        found = sorted(k for k, v in vars(mod).items() if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == mod.__name__)
-        hint = f"; its nn.Module classes: {', '.join(found)}" if found else "; it defines no nn.Module class"
-        raise CLIError(f"--module: '{module}' has no attribute '{name}'{hint}") from exc
-    if not isinstance(obj, type):
-        raise CLIError(f"--module: '{spec}' is a {type(obj).__name__}, not a class; name a LightningModule or nn.Module subclass")
-    if not issubclass(obj, nn.Module):
-        raise CLIError(f"--module: '{spec}' is not an nn.Module subclass; name a LightningModule or nn.Module subclass")
-    return obj
-
-
-def _not_a_checkpoint(path: Path, exc: Exception) -> str:
-    """Why loading failed; torch's own message for a file that is no checkpoint at all misleads."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        return "not a PyTorch checkpoint (torch.save and Lightning write zip archives; this file is not one)"
-    return _one_line(exc)
-
-
-def load_model(cls: type, checkpoint: Path, device: str, init_args: dict[str, Any]) -> nn.Module:
-    """Build ``cls`` with the weights of ``checkpoint`` on ``device``, in eval mode.
-
-    A LightningModule goes through ``cls.load_from_checkpoint``; any other ``nn.Module`` is built as
-    ``cls(**init_args)`` and loads the checkpoint's state_dict (or its ``"state_dict"`` entry) strictly.
-    """
-    import torch
-
-    if not checkpoint.is_file():
-        raise CLIError(f"--checkpoint: file not found: {checkpoint}")
-    name = cls.__name__
-    if hasattr(cls, "load_from_checkpoint"):
-        try:
-            model = cls.load_from_checkpoint(checkpoint, map_location=device, **init_args)
-        except Exception as exc:
-            raise CLIError(f"--checkpoint: {name}.load_from_checkpoint('{checkpoint}') failed: {_not_a_checkpoint(checkpoint, exc)}") from exc
-        return model.eval()
-    try:
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise CLIError(f"--checkpoint: cannot read '{checkpoint}': {_not_a_checkpoint(checkpoint, exc)}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CLIError(f"--checkpoint: '{checkpoint}' holds no state_dict for the nn.Module {name}; save one with torch.save(model.state_dict(), path)")
-    try:
-        model = cls(**init_args)
-    except Exception as exc:
-        raise CLIError(f"--module: {name}(**{init_args}) failed: {_one_line(exc)}; pass its arguments with --init-args '{{...}}'") from exc
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even when not strict
-        raise CLIError(f"--checkpoint: '{checkpoint}' does not fit {name}: {_one_line(exc)}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        raise CLIError(
-            f"--checkpoint: '{checkpoint}' does not fit {name}: missing keys {result.missing_keys[:5]}, "
-            f"unexpected keys {result.unexpected_keys[:5]}"
-        )
-    return model.to(device).eval()
 
 
 def read_image(path: Path, size: Sequence[int] | None = None) -> Tensor:
@@ -260,28 +134,6 @@ def read_image(path: Path, size: Sequence[int] | None = None) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def _preprocess(args: argparse.Namespace) -> Callable[[Tensor], Tensor] | None:
-    """Mean/std normalisation of masked images, or None."""
-    import torch
-
-    if (args.mean is None) != (args.std is None):
-        raise CLIError("--mean and --std go together: pass both (one value, or one per channel)")
-    if args.mean is not None:
-        if args.preprocess != "none":
-            raise CLIError("pass either --preprocess imagenet or --mean/--std, not both")
-        mean, std = args.mean, args.std
-    elif args.preprocess == "imagenet":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        return None
-    if len(mean) not in (1, 3) or len(std) not in (1, 3):
-        raise CLIError(f"--mean and --std take one value or three (RGB); got {len(mean)} and {len(std)}")
-    if any(s <= 0 for s in std):
-        raise CLIError(f"--std values must be > 0; got {list(std)}")
-    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    return lambda x: (x - m.to(x.device)) / s.to(x.device)
-
-
 def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
     """Flag combinations argparse cannot check; returns the parsed ``--init-args``."""
     sliding_only = [f"--{k}" for k in ("radius", "stride", "shape") if getattr(args, k) is not None]
@@ -299,13 +151,7 @@ def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.cmap not in matplotlib.colormaps:
         raise CLIError(f"--cmap: unknown matplotlib colour map '{args.cmap}' (e.g. jet, viridis, inferno)")
-    try:
-        init_args = json.loads(args.init_args)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"--init-args must be a JSON object such as '{{\"num_classes\": 10}}': {exc}") from exc
-    if not isinstance(init_args, dict):
-        raise CLIError(f"--init-args must be a JSON object such as '{{\"num_classes\": 10}}'; got {args.init_args}")
-    return init_args
+    return parse_init_args(args.init_args)
 
 
 def _planned_passes(partition: Partition, spatial: Sequence[int], top1: bool, second_run: bool) -> str:
@@ -324,7 +170,7 @@ def _planned_passes(partition: Partition, spatial: Sequence[int], top1: bool, se
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
     """Explain ``args.image`` and write the overlay and the map; returns their paths."""
     init_args = _check_flags(args)
-    preprocess = _preprocess(args)
+    preprocess = normalisation(args.preprocess, args.mean, args.std)
     image = read_image(args.image, args.size)  # before the model: a bad path should not wait for it
 
     import numpy as np

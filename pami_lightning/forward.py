@@ -10,8 +10,6 @@ grad mode (``torch.inference_mode()`` or ``torch.no_grad()``) and the score func
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -21,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._inputs import META_KEYS, Batch, batch_len, main_tensor, take
+from ._warnings import user_stacklevel
 from .scores import OutputSpec, check_scores, check_target, resolve_output, softmax_score, top1
 
 __all__ = ["ModelCall", "Clean", "clone_batch"]
@@ -118,7 +117,7 @@ class ModelCall:
                     "BatchNorm would run in training mode): pass the nn.Module as model= and the call as "
                     "forward=lambda m, x: ..., or name them with modules=[...] (modules=() if there are none)",
                     UserWarning,
-                    stacklevel=_user_stacklevel(),
+                    stacklevel=user_stacklevel(),
                 )
             self.modules: tuple[nn.Module, ...] = found
         else:
@@ -295,14 +294,5 @@ def _warn_if_probabilities(outputs: Tensor) -> None:
             'the model\'s outputs look like probabilities already (every row is >= 0 and sums to 1), and output="softmax" '
             'would apply softmax again; pass output="identity" to explain the probabilities as they are',
             UserWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this package: warnings point at the user's line."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level

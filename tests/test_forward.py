@@ -154,7 +154,7 @@ def test_autocast_reaches_pami_and_the_causal_metrics(cnn, user):
         if user == "PAMI":
             return PAMI(cnn, SlidingWindow(5, 4), Blur(11, 5), preprocess=normalize, autocast_dtype=dtype).explain(x, target=[0, 1])
         metric = {"Insertion": Insertion, "Deletion": Deletion}[user](cnn, step=24, preprocess=normalize, autocast_dtype=dtype)
-        metric.update(x, torch.rand(2, 24, 24, generator=torch.Generator().manual_seed(0)), target=[0, 1])
+        metric.update(torch.rand(2, 24, 24, generator=torch.Generator().manual_seed(0)), images=x, target=[0, 1])
         return metric.curve()[1]
 
     full, half = run(None), run(torch.bfloat16)
@@ -298,9 +298,9 @@ def test_the_causal_metrics_take_an_explainers_model_call():
     metric = Deletion(call, step=9)
     assert metric.call is call and metric.batch_size == 5
     assert Deletion(call, batch_size=7).batch_size == 7 and call.batch_size == 5
-    metric.update(x, heat)
+    metric.update(heat, images=x)
     want = Deletion(model, step=9, preprocess=normalize)
-    want.update(x, heat)
+    want.update(heat, images=x)
     assert torch.equal(metric.curve()[1], want.curve()[1])
 
 
@@ -331,7 +331,7 @@ def test_pami_and_insertion_report_the_wrong_batch_size_not_an_index_error(user)
         if user == "PAMI":
             PAMI(OneRow(), SlidingWindow(0, 1), Constant(0.0)).explain(x, target=1)
         else:
-            Insertion(OneRow(), step=1).update(x, torch.rand(2, 2, 2), target=1)
+            Insertion(OneRow(), step=1).update(torch.rand(2, 2, 2), images=x, target=1)
 
 
 # ---------------------------------------------------------------------------------------- the defects, in every user
@@ -353,7 +353,7 @@ def test_a_wrapped_batchnorm_dropout_model_runs_in_eval_mode(form, user):
         curves = []
         for _ in range(2):
             metric.reset()
-            metric.update(x, heat)
+            metric.update(heat, images=x)
             curves.append(metric.curve()[1])
         a, b = curves
     assert torch.equal(a, b)  # Dropout(0.9) in train mode would make them differ

@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
-from pami_lightning.metrics import Deletion, Insertion, PointingGame, boxes_to_mask
+from pami_lightning.metrics import Deletion, Insertion, PointingGame, _causal, boxes_to_mask
 from pami_lightning.metrics.functional import curve_auc, deletion, deletion_curves, insertion, insertion_curves
 
 from conftest import make_cnn, normalize, random_images
@@ -313,7 +313,10 @@ def plain_curves(kind, model, images, heatmaps, step, substrate, target=None):
 @pytest.mark.parametrize("kind", ["insertion", "deletion"])
 @pytest.mark.parametrize("substrate", [Constant(0.0), Blur(11, 5)], ids=["constant", "blur"])
 @pytest.mark.parametrize("step", [5, 16, 48], ids=["30_points_image_by_image", "10_points_vectorised", "4_points"])
-def test_curves_equal_the_plain_loop_on_every_build_path(kind, substrate, step):
+@pytest.mark.parametrize("incremental", [False, True], ids=["bits", "row_after_row"])
+def test_curves_equal_the_plain_loop_on_every_build_path(kind, substrate, step, incremental, monkeypatch):
+    # Large CPU images build each step image from the one before; small ones with bit masks.
+    monkeypatch.setattr(_causal, "_INCREMENTAL_MIN", 0 if incremental else 2**62)
     model = make_cnn()
     images = random_images(5, 12, seed=8)
     heatmaps = torch.randint(0, 3, (5, 12, 12), generator=torch.Generator().manual_seed(2)).float()  # ties
@@ -344,9 +347,12 @@ class SumModel(nn.Module):
 
 @pytest.mark.parametrize("kind", ["insertion", "deletion"])
 @pytest.mark.parametrize("step", [3, 20])
-def test_curves_are_bit_for_bit_the_plain_loop_with_an_exact_model(kind, step):
+@pytest.mark.parametrize("size", [8, 112])  # 3 x 112 x 112 values: built row after row on a CPU
+def test_curves_are_bit_for_bit_the_plain_loop_with_an_exact_model(kind, step, size):
     model = SumModel()
-    images, heatmaps = dyadic(4, 8, seed=1), torch.randint(0, 4, (4, 8, 8), generator=torch.Generator().manual_seed(5)).float()
+    if size > 8:
+        step *= 150  # 84 / 14 steps
+    images, heatmaps = dyadic(4, size, seed=1), torch.randint(0, 4, (4, size, size), generator=torch.Generator().manual_seed(5)).float()
     substrate = Constant(0.25)
     fn = insertion_curves if kind == "insertion" else deletion_curves
     want = plain_curves(kind, model, images, heatmaps, step, substrate)

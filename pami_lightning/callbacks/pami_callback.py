@@ -460,7 +460,7 @@ class PAMICallback(Callback):
                 if m:
                     maps = self.pami.explain(images, target=clean.target).float()
                     # Text has no model metrics (tensor images only).
-                    model = self._scorer.model_scores(images, maps, clean.target) if isinstance(images, Tensor) else maps.new_zeros(m, 0)
+                    model = self._scorer.model_scores(images, maps, clean) if isinstance(images, Tensor) else maps.new_zeros(m, 0)
                 else:  # more ranks than samples: this rank only pads the gather
                     maps = main_tensor(images).new_zeros(0, *spatial, dtype=torch.float32)
                     model = maps.new_zeros(0, len(self._scorer.model_names))

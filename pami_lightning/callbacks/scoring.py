@@ -17,7 +17,7 @@ from typing import Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from ..forward import ModelCall
+from ..forward import Clean, ModelCall
 from ..metrics.functional import RELATIVE_TOLERANCE, deletion, energy_pointing_game, insertion, pointing_game, pointing_game_baselines
 
 __all__ = ["METRICS", "MASK_METRICS", "MODEL_METRICS", "MetricName", "Scorer", "CAUSAL_STEP", "causal_points", "mean"]
@@ -65,10 +65,14 @@ class Scorer:
         """The pointing tolerance in pixels for masks of this size."""
         return self.tolerance if self.tolerance is not None else RELATIVE_TOLERANCE * min(spatial)
 
-    def model_scores(self, images: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
-        """Per-sample insertion / deletion AUCs of one shard: ``[m, len(model_names)]`` float32, in that order."""
+    def model_scores(self, images: Tensor, maps: Tensor, clean: Clean) -> Tensor:
+        """Per-sample insertion / deletion AUCs of one shard: ``[m, len(model_names)]`` float32, in that order.
+
+        ``clean`` (the shard's clean predictions) gives the explained classes and the clean points, so
+        the clean images are not run again.
+        """
         metric = {"insertion": insertion, "deletion": deletion}
-        columns = [metric[name](self.call, images, maps, targets, step=CAUSAL_STEP, reduction="none") for name in self.model_names]
+        columns = [metric[name](self.call, images, maps, step=CAUSAL_STEP, reduction="none", clean=clean) for name in self.model_names]
         return torch.stack(columns, 1).float() if columns else maps.new_zeros(maps.shape[0], 0)
 
     def mask_scores(self, maps: Tensor, masks: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:

@@ -20,13 +20,14 @@ merge the shards into one result::
 
 The pieces: :class:`Explainer` (the protocol) and its adapters; :class:`ExplanationModule` (the
 ``predict_step``); :class:`ExplanationWriter` (the files, see :mod:`~pami_lightning.evaluation.layout`);
-:class:`EvaluationData` (the remaining samples); :func:`load_results` (the merged :class:`Results`).
+:class:`EvaluationData` (the remaining samples); :func:`load_results` (the merged :class:`Results`); :func:`write_report` / :func:`log_report` (the Table-4 comparison).
 """
 
 from .aggregate import MethodScores, summarize
 from .captum import CaptumFeatureAblation, CaptumOcclusion
 from .explainers import CenterBaseline, Explainer, ExplainerLike, FunctionExplainer, PAMIExplainer, RandomBaseline, as_explainer
 from .module import METRICS, ExplainedBatch, ExplanationModule, MethodOutput
+from .report import MetricEstimate, Report, build_report, log_report, plot_curves, write_report
 from .results import MapStack, Results, load_results
 from .writer import EvaluationData, ExplanationWriter, evaluate
 
@@ -52,4 +53,10 @@ __all__ = [
     "MapStack",
     "MethodScores",
     "summarize",
+    "Report",
+    "MetricEstimate",
+    "build_report",
+    "write_report",
+    "plot_curves",
+    "log_report",
 ]

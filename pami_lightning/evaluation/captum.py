@@ -54,7 +54,7 @@ class _CaptumBase:
         self._counted = 0
         self._last = 0.0
 
-    def _forward(self, x: Tensor, target: Tensor) -> Tensor:
+    def _probabilities(self, x: Tensor, target: Tensor) -> Tensor:
         # Captum repeats additional_forward_args along with the perturbed inputs: one target per row.
         outputs = self.call(x)
         self._counted += x.shape[0]
@@ -105,7 +105,7 @@ class CaptumOcclusion(_CaptumBase):
     def __call__(self, images: Tensor, target: Tensor) -> Tensor:
         c = images.shape[1]
         # Built per call: the adapter then pickles (ddp_spawn) without Captum objects in it.
-        return self._run(_captum_attr().Occlusion(self._forward), images, target, sliding_window_shapes=(c, self.window, self.window), strides=(c, self.stride, self.stride))
+        return self._run(_captum_attr().Occlusion(self._probabilities), images, target, sliding_window_shapes=(c, self.window, self.window), strides=(c, self.stride, self.stride))
 
     def __repr__(self) -> str:
         return f"CaptumOcclusion(window={self.window}, stride={self.stride}, baselines={self.baselines!r}, name={self.name!r})"
@@ -172,7 +172,7 @@ class CaptumFeatureAblation(_CaptumBase):
         return mask.long().to(images.device)
 
     def __call__(self, images: Tensor, target: Tensor) -> Tensor:
-        return self._run(_captum_attr().FeatureAblation(self._forward), images, target, feature_mask=self.feature_mask(images)[:, None])
+        return self._run(_captum_attr().FeatureAblation(self._probabilities), images, target, feature_mask=self.feature_mask(images)[:, None])
 
     def __repr__(self) -> str:
         what = self.features if isinstance(self.features, str) else getattr(self.features, "__qualname__", "callable")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..forward import _user_stacklevel
+from .._warnings import user_stacklevel
 from .base import LabelParts, Partition, PartsOrFuture, consecutive_labels
 
 __all__ = ["PRESETS", "SEGMENTERS", "SettingSpec", "Superpixels", "colour_guide", "register_segmenter", "seeds_supported", "to_uint8_image"]
@@ -487,7 +487,7 @@ class Superpixels(Partition):
             self._warned.add((height, width))
             warnings.warn(f"{self!r}: {names} cannot segment {height}x{width} images (OpenCV's SEEDS would hang or crash "
                           f"on them) and are left out for this size: the map averages the other "
-                          f"{len(self.settings) - len(skipped)} segmentations", UserWarning, stacklevel=_user_stacklevel())
+                          f"{len(self.settings) - len(skipped)} segmentations", UserWarning, stacklevel=user_stacklevel())
         return skipped
 
     def clear_cache(self) -> None:
