@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from functools import reduce
@@ -228,3 +229,17 @@ def warning_printer(prog: str) -> Callable[..., None]:
         print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     return show
+
+
+def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], object]) -> int:
+    """Run a command's body: warnings as ``PROG: warning:`` lines, user errors as one ``PROG: error:`` line and exit status 2."""
+    with warnings.catch_warnings():
+        warnings.showwarning = warning_printer(prog)
+        try:
+            run(args)
+        except CLIError as exc:
+            if args.traceback:
+                raise
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+    return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from ._cli_common import (
     load_model,
     normalisation,
     parse_init_args,
-    warning_printer,
+    run_command,
 )
 
 if TYPE_CHECKING:  # torch is imported lazily so that --help and flag errors answer at once
@@ -74,7 +73,6 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-_show_warning = warning_printer("pami-explain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,17 +231,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pami-explain``; returns the exit status (0, or 2 for user errors)."""
-    args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        try:
-            run(args)
-        except CLIError as exc:
-            if args.traceback:
-                raise
-            print(f"pami-explain: error: {exc}", file=sys.stderr)
-            return 2
-    return 0
+    return run_command("pami-explain", build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

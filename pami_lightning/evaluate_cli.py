@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from ._cli_common import (
     load_model,
     normalisation,
     parse_init_args,
-    warning_printer,
+    run_command,
 )
 
 if TYPE_CHECKING:  # torch and Lightning are imported lazily: --help and flag errors answer at once
@@ -328,17 +327,7 @@ def run(args: argparse.Namespace) -> Report | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pami-evaluate``; returns the exit status (0, or 2 for user errors)."""
-    args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = warning_printer(PROG)
-        try:
-            run(args)
-        except CLIError as exc:
-            if args.traceback:
-                raise
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
-    return 0
+    return run_command(PROG, build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":
