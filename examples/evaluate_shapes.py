@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    size, n_train, n_val, epochs = (32, 150, 9, 15) if args.fast else (48, 480, 60, 10)
+    size, n_train, n_val, epochs = (32, 150, 9, 15) if args.fast else (48, 480, 60, 40)
 
     data_dir = args.out / "data"
     train_ds = VOCDataset(write_shapes_voc(data_dir / "train", n_train, size, args.seed), classes=",".join(CLASSES))

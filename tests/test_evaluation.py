@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evaluation_helpers import CLASSES, ColourModel, dataset, explainers, module, run, trainer, write_voc
 
 from pami_lightning import PAMI, Blur, Constant, Superpixels
 from pami_lightning.data import collate
@@ -34,6 +33,8 @@ from pami_lightning.evaluation import (
 )
 from pami_lightning.evaluation.layout import COLUMNS, read_table
 from pami_lightning.metrics.functional import curve_auc, pointing_game, pointing_game_baselines
+
+from evaluation_helpers import CLASSES, ColourModel, dataset, explainers, module, run, trainer, write_voc
 
 HELPERS = Path(__file__).with_name("evaluation_helpers.py")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
@@ -324,3 +325,14 @@ def test_resuming_with_other_settings_is_an_error(voc: Path, reference: Path, tm
         evaluate(trainer(), other, dataset(voc), out)
     with pytest.raises(FileNotFoundError, match="not the output folder"):
         load_results(tmp_path)
+
+
+def test_resuming_with_other_weights_is_an_error(voc: Path, reference: Path, tmp_path: Path) -> None:
+    # A retrained model under the same command must not be handed the old model's maps.
+    out = tmp_path / "retrained"
+    shutil.copytree(reference, out)
+    retrained = ColourModel()
+    with torch.no_grad():
+        retrained.scale.fill_(21.0)
+    with pytest.raises(ValueError, match=r"holds results of other settings \(weights: "):
+        evaluate(trainer(), module(retrained), dataset(voc), out)

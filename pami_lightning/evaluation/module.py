@@ -7,6 +7,7 @@ explains its shard; an :class:`~pami_lightning.evaluation.ExplanationWriter` sto
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -208,6 +209,8 @@ class ExplanationModule(pl.LightningModule):
             "deletion_substrate": _describe(self.deletion_substrate),
             "num_classes": self.resolved_num_classes(),
             "model": type(self.model_call.model).__qualname__,
+            # The weights too: a resume with a retrained model would otherwise keep the old model's maps.
+            "weights": weights_digest(self.model_call),
             "output": self.model_call.output if isinstance(self.model_call.output, str) else _describe(self.model_call.output),
         }
 
@@ -335,3 +338,14 @@ def _passes(name: str, value: Any, n: int) -> Tensor | None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def weights_digest(call: ModelCall) -> str:
+    """SHA-256 of the parameters and buffers of the call's modules (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for module in call.modules:
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().reshape(-1).cpu()
+            digest.update(f"{name}:{t.dtype}:{list(tensor.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
