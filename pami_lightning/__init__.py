@@ -4,16 +4,17 @@ from .data import CocoDataset, DatasetError, FolderDataset, VOCDataset, collate
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .forward import ModelCall
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
-from .metrics import Deletion, EnergyPointingGame, Insertion, PointingGame, boxes_to_mask
+from .metrics import boxes_to_mask
 from .partitions import Partition, Pooled, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
 from .scores import caption_word_score
 
 __version__ = "0.1.0"
 
 
-#: Names whose modules pull in Lightning (seconds to import): loaded only when asked for.
+#: Names whose modules pull in Lightning or torchmetrics (seconds to import): loaded only when asked for.
 _LAZY = {
     "PAMICallback": "callbacks",
+    **dict.fromkeys(["PointingGame", "EnergyPointingGame", "Insertion", "Deletion"], "metrics"),
     **dict.fromkeys(
         ["ExplanationModule", "ExplanationWriter", "EvaluationData", "evaluate", "load_results", "Results", "Explainer",
          "PAMIExplainer", "RandomBaseline", "CenterBaseline", "CaptumOcclusion", "CaptumFeatureAblation"],

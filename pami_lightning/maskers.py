@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 __all__ = ["Masker", "Blur", "Constant", "TokenMask", "AttentionMask", "as_masker"]
@@ -68,6 +67,8 @@ class Blur(Masker):
             raise ValueError(f"sigma must be > 0; got {sigma}")
         self.kernel_size = int(kernel_size)
         self.sigma = float(sigma)
+        from scipy.ndimage import gaussian_filter1d  # here: scipy costs a quarter second to import
+
         delta = np.zeros(self.kernel_size)
         delta[self.kernel_size // 2] = 1.0
         self.kernel_1d = torch.from_numpy(gaussian_filter1d(delta, self.sigma))

@@ -28,9 +28,17 @@ Example:
 """
 
 from . import functional
-from .energy_pointing_game import EnergyPointingGame
 from .functional import boxes_to_mask
-from .insertion import Deletion, Insertion
-from .pointing_game import PointingGame
+
+#: The stateful metrics import torchmetrics (about a second): loaded when first asked for.
+_LAZY = {"PointingGame": "pointing_game", "EnergyPointingGame": "energy_pointing_game", "Insertion": "insertion", "Deletion": "insertion"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PointingGame", "EnergyPointingGame", "Insertion", "Deletion", "boxes_to_mask", "functional"]
