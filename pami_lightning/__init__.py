@@ -8,7 +8,7 @@ from .metrics import boxes_to_mask
 from .partitions import Partition, Pooled, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
 from .scores import caption_word_score
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 #: Names whose modules pull in Lightning or torchmetrics (seconds to import): loaded only when asked for.

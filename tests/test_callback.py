@@ -303,6 +303,7 @@ class _CLINet(TinyNet):
         return loaders()[1]
 
 
+@pytest.mark.slow
 def test_lightning_cli_yaml_config(tmp_path: Any) -> None:
     from lightning.pytorch.cli import LightningCLI
 
@@ -349,6 +350,7 @@ trainer:
     assert cb.explainer.partition.radius == 8 and cb.pami.batch_size == 32
 
 
+@pytest.mark.slow
 def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None:
     # Normalize(inplace=True)-style preprocessing: the clean prediction must not normalise the
     # samples before they are explained and scored.
@@ -384,6 +386,7 @@ class _BatchCache(TinyNet):
         return self.net(x) * (self.gain * self._cache)
 
 
+@pytest.mark.slow
 def test_fit_validation_hands_no_inference_tensors_to_training(tmp_path: Any) -> None:
     # Lightning validates under no_grad during fit so that tensors a model caches there can be used in
     # training; the callback's forward passes (batches of 16, as training's) must not change that.

@@ -14,7 +14,11 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)"),
+]
 
 
 def _fit(tmp_path: Any, devices: int, num_samples: int, val: Any = None, model: Any = None) -> tuple[dict[str, float], str]:

@@ -6,7 +6,11 @@ import importlib.util
 import os
 from typing import Any
 
+import pytest
+
 from callback_helpers import read_tensorboard
+
+pytestmark = [pytest.mark.examples, pytest.mark.slow]
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_shapes.py")
 

@@ -183,6 +183,7 @@ def _check_wandb(tmp_path: Any, final: dict[str, float], steps: list[int]) -> li
     return samples
 
 
+@pytest.mark.slow
 def test_wandb_and_tensorboard_at_once_hold_the_same_captions(tmp_path: Any, monkeypatch: Any) -> None:
     import wandb
 

@@ -74,6 +74,7 @@ def _check_outputs(out: Path, shape: tuple[int, int]) -> np.ndarray:
     return heat
 
 
+@pytest.mark.slow
 def test_console_script_sliding_lightning_checkpoint(files, tmp_path):
     out = tmp_path / "maps" / "sliding.png"  # the folder does not exist yet
     done = _script(["--checkpoint", str(files["lit"]), "--module", "cli_models:TinyLit", "--image", str(files["image"]),
@@ -89,6 +90,7 @@ def test_console_script_sliding_lightning_checkpoint(files, tmp_path):
     assert "PAMI: 140/140 forward passes (100%)" in done.stderr
 
 
+@pytest.mark.slow
 def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
     out = tmp_path / "sp.png"
     done = _script(["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(files["image"]),
@@ -101,6 +103,7 @@ def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
     assert result.startswith("class 2:")
 
 
+@pytest.mark.slow
 def test_superpixels_on_a_tiny_image_finishes(files, tmp_path):
     # OpenCV's SEEDS hangs on 3x3 images (and crashes the process on 4x4): the ensemble leaves it out and says so.
     tiny = tmp_path / "tiny.png"
@@ -128,6 +131,7 @@ def test_score_is_a_deprecated_alias_of_output(files, tmp_path, capsys):
     assert not np.allclose(maps[("--output", "identity")], maps[()])  # logits, not the default softmax probabilities
 
 
+@pytest.mark.slow
 def test_console_script_error_is_one_line_without_traceback(files, tmp_path):
     done = _script(["--checkpoint", str(files["net"]), "--module", "no_such_pkg.models:Net", "--image", str(files["image"]), "--out", str(tmp_path / "o.png")], cwd=tmp_path)
     assert done.returncode == 2

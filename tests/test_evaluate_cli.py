@@ -34,6 +34,7 @@ def _base(files: dict[str, Path], out: Path) -> list[str]:
             "--accelerator", "cpu", "--bootstrap", "200", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_console_script_run_writes_the_report(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     exe = shutil.which("pami-evaluate")
@@ -99,6 +100,8 @@ def test_two_datasets_or_none_are_errors(files: dict[str, Path], tmp_path: Path,
     assert "--coco: file not found" in capsys.readouterr().err
 
 
+@pytest.mark.examples
+@pytest.mark.slow
 def test_example_evaluate_shapes_fast(tmp_path: Path) -> None:
     """examples/evaluate_shapes.py --fast: the report of the five methods, side by side."""
     script = HERE.parent / "examples" / "evaluate_shapes.py"

@@ -260,6 +260,8 @@ def test_only_correct_keeps_misclassified_images_in_the_table_unexplained(voc: P
 
 
 @linux_only
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_on_an_uneven_split(voc: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     run(voc, out, devices=2)  # rank 0 explains items 0, 2, 4, 6 and rank 1 items 1, 3, 5
@@ -271,6 +273,8 @@ def test_two_process_ddp_equals_one_process_on_an_uneven_split(voc: Path, refere
 
 
 @linux_only
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_ddp_resume_with_fewer_samples_left_than_ranks(voc: Path, reference: Path, tmp_path: Path) -> None:
     # One sample left for two ranks: rank 1 gets a marked repeat, runs its (empty) batch, and joins the metric sync.
     out = tmp_path / "resumed"
@@ -283,6 +287,7 @@ def test_ddp_resume_with_fewer_samples_left_than_ranks(voc: Path, reference: Pat
     assert_same_results(out, reference)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumed_ends_with_the_uninterrupted_results(voc: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     # A slow model (0.2 s per forward call) in a separate process, killed once its first batch is written.

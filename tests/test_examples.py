@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from callback_helpers import read_tensorboard, read_wandb_history
 
+pytestmark = [pytest.mark.examples, pytest.mark.slow]
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -8,6 +8,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = [pytest.mark.examples, pytest.mark.slow]
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

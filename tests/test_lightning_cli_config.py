@@ -276,6 +276,7 @@ def _round_trip(tmp_path: Path, model: type, data: type, partitions: dict[str, t
     assert runs[1].replace(str(tmp_path / "second"), str(tmp_path / "first")) == runs[0]
 
 
+@pytest.mark.slow
 def test_image_partitions_and_maskers_round_trip_through_lightning_cli(tmp_path: Path) -> None:
     _round_trip(tmp_path, TinyNet, ImageData, IMAGE_PARTITIONS, IMAGE_MASKERS, ["pointing_game"])
 

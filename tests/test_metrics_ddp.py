@@ -8,6 +8,7 @@ import socket
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,6 +16,8 @@ import torch.multiprocessing as mp
 from pami_lightning.metrics import Deletion, EnergyPointingGame, Insertion, PointingGame
 
 from conftest import make_cnn, random_images
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 N = 5
 SHARDS = {"uneven": (slice(0, 3), slice(3, 5)), "empty_rank": (slice(0, 5), slice(5, 5))}

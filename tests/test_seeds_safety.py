@@ -74,6 +74,7 @@ def test_the_rule_sorts_the_probed_sizes() -> None:
     assert not seeds_supported(0, 10) and not seeds_supported(10, 0)
 
 
+@pytest.mark.slow
 def test_the_rule_matches_a_fresh_probe_of_opencv() -> None:
     cases = SUPPORTED + UNSUPPORTED
     results = json.loads(_isolated(_PROBE, json.dumps(cases), timeout=180))
@@ -83,6 +84,7 @@ def test_the_rule_matches_a_fresh_probe_of_opencv() -> None:
     assert {outcome[(1, 1, 10, 5)], outcome[(3, 3, 30, 5)]} == {"hang"}
 
 
+@pytest.mark.slow
 def test_paper_ensemble_finishes_on_every_small_and_thin_image() -> None:
     # felzenszwalb, SLIC (more segments than pixels) and watershed (more markers than pixels) run
     # everywhere; SEEDS is left out where it cannot run. Every pixel is covered once per setting that ran.
@@ -115,6 +117,7 @@ def test_paper_ensemble_finishes_on_every_small_and_thin_image() -> None:
     assert [out[f"{k}x{k}"][1] for k in (6, 8, 10)] == [2, 1, 0]  # 10, then 20, then 30 superpixels fit
 
 
+@pytest.mark.slow
 def test_seeds_refuses_sizes_it_cannot_segment_and_the_ensemble_says_so() -> None:
     code = """
         import warnings

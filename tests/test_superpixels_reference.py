@@ -162,6 +162,7 @@ def case():
 # ------------------------------------------------------------------ uint8 images: truncation
 
 
+@pytest.mark.slow
 def test_segmenters_see_the_truncated_photo_not_the_rounded_one():
     # Reference: np.uint8(255 x). The segmenters are chaotic: rounding changes whole segmentations.
     x = photo(224)

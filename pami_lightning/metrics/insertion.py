@@ -129,7 +129,7 @@ class _CausalMetric(Metric):
         The argument order of every metric here is ``update(heatmaps, masks, ...)``, so one
         ``MetricCollection`` call updates the mask metrics and these:
         ``collection.update(heatmaps, masks, images=images, target=target)`` (keyword arguments
-        reach only the metrics that take them). The order before 0.3, ``update(images, heatmaps)``,
+        reach only the metrics that take them). The order of 0.1, ``update(images, heatmaps)``,
         is recognised by the ranks (images ``[B, C, H, W]`` first) and still runs, with a
         ``FutureWarning``.
 
