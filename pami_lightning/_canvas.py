@@ -272,14 +272,8 @@ def hstack(pictures: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
 
 def vstack(pictures: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     """Pictures ``[H_i, W_i, 3]`` uint8 one under the other, left-aligned, ``gap`` white pixels apart."""
-    width = max(p.shape[1] for p in pictures)
-    height = sum(p.shape[0] for p in pictures) + gap * (len(pictures) - 1)
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    y = 0
-    for p in pictures:
-        canvas[y : y + p.shape[0], : p.shape[1]] = p
-        y += p.shape[0] + gap
-    return canvas
+    # hstack of the transposed pictures: one layout rule for both directions.
+    return np.ascontiguousarray(hstack([p.transpose(1, 0, 2) for p in pictures], gap).transpose(1, 0, 2))
 
 
 def tile(pictures: Sequence[np.ndarray], ncols: int, gap: int = 8, align: str = "top") -> np.ndarray:

@@ -236,12 +236,16 @@ class PAMI:
             if first is not None:  # the view's own first map, in its own (shifted) coordinates
                 guides[view.owner, views.index(view.shift)] = colour_guide(first[None])[0]
 
+        # Once for both runs: content-aware partitions segment a CPU copy of the inputs, and one masker
+        # call serves every unshifted view (a shifted view's blur differs at the borders).
+        seen = main_tensor(inputs).detach().cpu() if self.partition.content_aware else None
+        unshifted = self.masker.substrate(inputs) if any(not any(v) for v in views) else None
         executor = ThreadPoolExecutor(self.num_workers, thread_name_prefix="pami-segment") if self.partition.content_aware else None
         progress = Progress(self.progress)
         try:
             for second in ([False, True] if self.second_run else [False]):
                 run_views(
-                    self.call, self._views(inputs, targets, views, executor, guides if second else None), inputs,
+                    self.call, self._views(inputs, targets, views, seen, unshifted, executor, guides if second else None), inputs,
                     self.batch_size, acc, pool if second or not self.second_run else keep_guide,
                     given_target=given, progress=progress,
                     lookahead=lambda view: _lookahead(view, self.num_workers) if executor else 2,
@@ -258,14 +262,14 @@ class PAMI:
             )
         return torch.where(cover > 0, heat / cover.clamp_min(1), torch.zeros_like(heat)).float()
 
-    def _views(self, inputs: Batch, targets: Tensor, shifts: list[tuple[int, ...]], executor: Executor | None,
-               guides: dict[tuple[int, int], Tensor] | None) -> Iterator[View]:
-        """Each view of each input, created lazily: creating one starts its segmentations."""
+    def _views(self, inputs: Batch, targets: Tensor, shifts: list[tuple[int, ...]], seen_all: Tensor | None, unshifted: Batch | None,
+               executor: Executor | None, guides: dict[tuple[int, int], Tensor] | None) -> Iterator[View]:
+        """Each view of each input, created lazily: creating one starts its segmentations.
+
+        ``seen_all``: the inputs on the CPU for content-aware partitions; ``unshifted``: the substrate of
+        the inputs, for the unshifted views (both None when not needed).
+        """
         device = main_tensor(inputs).device
-        # Content-aware partitions segment on the CPU: copy the inputs there once.
-        seen_all = main_tensor(inputs).detach().cpu() if self.partition.content_aware else None
-        # One masker call for every unshifted view (a shifted view's blur differs at the borders).
-        unshifted = self.masker.substrate(inputs) if any(not any(v) for v in shifts) else None
         for b in range(batch_len(inputs)):
             for v, shift in enumerate(shifts):
                 if guides is not None and (b, v) not in guides:
