@@ -14,11 +14,11 @@ import sys
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from callback_helpers import TinyNet, callback, loaders, scores  # noqa: E402
+from callback_helpers import TinyNet, callback, loaders, scores
 
 
 def _trainer(callbacks: list, accelerator: str = "gpu", **kwargs: object) -> L.Trainer:

@@ -9,8 +9,9 @@ import time
 
 sys.path.insert(0, "tests")  # the token test models
 import torch
-from test_tokens import BagModel, sequences, MASK
-from pami_lightning import PAMI, TokenWindows, Words, TokenMask, AttentionMask, SlidingWindow, Blur
+from test_tokens import MASK, BagModel, sequences
+
+from pami_lightning import PAMI, AttentionMask, Blur, SlidingWindow, TokenMask, TokenWindows, Words
 
 assert torch.cuda.is_available()
 model = BagModel().eval()
@@ -38,7 +39,10 @@ big = sequences([128] * 64, seed=3)
 big = {k: v.cuda() for k, v in big.items()}
 m = BagModel().cuda().eval()
 e = PAMI(m, TokenWindows(5, 1), TokenMask(MASK), batch_size=1024)
-e.explain(big, target=0); torch.cuda.synchronize()
-t = time.perf_counter(); e.explain(big, target=0); torch.cuda.synchronize()
+e.explain(big, target=0)  # warm-up
+torch.cuda.synchronize()
+t = time.perf_counter()
+e.explain(big, target=0)
+torch.cuda.synchronize()
 print(f"tokens: {64*128} masked inputs in {time.perf_counter()-t:.3f}s")
 print("OK")

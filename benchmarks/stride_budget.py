@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn

@@ -25,8 +25,9 @@ model alone on as many inputs at the same batch size: the floor no explainer can
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def small_cnn(num_classes: int = 1000) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     widths = [3, 16, 32, 64, 128]
-    for cin, cout in zip(widths, widths[1:]):
+    for cin, cout in itertools.pairwise(widths):
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes)).eval()
 
@@ -86,7 +87,7 @@ def reference_loop(model: nn.Module, image: Tensor, target: int, radius: int, st
     def flush() -> None:
         with torch.no_grad():
             probs = model(preprocess(torch.stack(images))).softmax(dim=1)[:, target]
-        for p, m in zip(probs.double(), masks):
+        for p, m in zip(probs.double(), masks, strict=True):
             heat.add_(m * p)
             count.add_(m)
         images.clear()

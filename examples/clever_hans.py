@@ -37,7 +37,7 @@ Flags: ``--fast`` (less data, 2 epochs, for CI), ``--max-epochs N``, ``--log-dir
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import torch

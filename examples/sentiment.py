@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import lightning as L
 import torch
@@ -59,7 +60,7 @@ def make_corpus(n: int, seed: int) -> list[tuple[str, int]]:
         label = rng.randrange(2)
         word = rng.choice(POSITIVE if label else NEGATIVE)
         template = rng.choice(TEMPLATES)
-        fill = dict(noun=rng.choice(NOUNS), noun2=rng.choice(NOUNS), adverb=rng.choice(ADVERBS), word=word)
+        fill = {"noun": rng.choice(NOUNS), "noun2": rng.choice(NOUNS), "adverb": rng.choice(ADVERBS), "word": word}
         corpus.append((template.format(**fill), label))
     return corpus
 
@@ -136,7 +137,7 @@ def word_scores(tokenizer: PieceTokenizer, encoded: dict[str, Tensor], heat: Ten
     """Words of review ``i`` and their importance (every piece of a word has its word's value)."""
     word_ids, n = encoded["word_ids"][i], int(encoded["attention_mask"][i].sum())
     tokens = tokenizer.tokens(encoded["input_ids"][i, :n])
-    words = ["".join(t.removeprefix("##") for t, w in zip(tokens, word_ids) if w == k) for k in range(int(word_ids.max()) + 1)]
+    words = ["".join(t.removeprefix("##") for t, w in zip(tokens, word_ids[:n], strict=True) if w == k) for k in range(int(word_ids.max()) + 1)]
     first = [int((word_ids == k).nonzero()[0]) for k in range(len(words))]
     return words, heat[i, first]
 
@@ -175,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[tuple[str, floa
     results, spans = {}, []
     for i, review in enumerate(PROBES):
         words, scores = word_scores(tokenizer, encoded, heat, i)
-        results[review] = list(zip(words, scores.tolist()))
+        results[review] = list(zip(words, scores.tolist(), strict=True))
         label = ("negative", "positive")[int(target[i])]
         print(f"\n{review!r} -> {label}")
         for word, score in results[review]:

@@ -19,7 +19,8 @@ Without vaderSentiment installed the example says so and exits.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor

@@ -17,7 +17,9 @@ from pami_lightning import PAMI, PAMICallback, SlidingWindow, Words
 from pami_lightning.callbacks import Sample, default_batch_to_sample
 from pami_lightning.callbacks.samples import select_indices, shard
 
-from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
+from helpers.callbacks import callback, loaders, scores, trainer
+from helpers.images import shapes
+from helpers.models import TinyLit
 
 METRICS = ["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 
@@ -105,12 +107,12 @@ def test_no_logger_warns_once_and_scores_reach_callback_metrics(tmp_path: Any) -
     tr = trainer(tmp_path, [cb], max_epochs=4, num_sanity_val_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tr.fit(TinyNet(), *loaders())
+        tr.fit(TinyLit(), *loaders())
     assert sum("no logger" in str(w.message) for w in caught) == 1
     assert set(_metric_scores(tr)) == {f"pami/{m}" for m in [*METRICS, "stability"]}
     assert all(np.isfinite(v) for v in scores(tr).values())
     # Four validations (the sanity check is not one): the first and every second after it explained.
-    assert cb._val_count == 4 and cb._history.columns == [1, 3]
+    assert cb.validations_seen == 4 and cb.timeline_validations == [1, 3]
 
 
 class _Record(Callback):
@@ -139,9 +141,9 @@ class _RandomAugment(Dataset):
         return (x + noise).clamp(0, 1), y, m
 
 
-def _seeded_fit(tmp_path: Any, callbacks: list) -> tuple[L.Trainer, TinyNet]:
+def _seeded_fit(tmp_path: Any, callbacks: list) -> tuple[L.Trainer, TinyLit]:
     L.seed_everything(7, verbose=False)
-    model = TinyNet()
+    model = TinyLit()
     model.net[1].eval()  # a user-frozen BatchNorm: must stay in eval mode
     train, val = loaders()
     val = DataLoader(_RandomAugment(val.dataset), batch_size=16)
@@ -167,7 +169,7 @@ def test_never_changes_training(tmp_path: Any) -> None:
     for b, a in zip(before.seen, after.seen, strict=False):
         assert b[0] == a[0] and b[1] == a[1] and b[4] == a[4]
         assert torch.equal(b[2], a[2]) and np.array_equal(b[3], a[3])
-    assert not cb._history.last_maps.requires_grad and all(p.grad is None or not p.grad.requires_grad for p in with_cb.parameters())
+    assert not cb.last_maps.requires_grad and all(p.grad is None or not p.grad.requires_grad for p in with_cb.parameters())
 
 
 def test_resume_keeps_counter_and_drift_history(tmp_path: Any) -> None:
@@ -175,27 +177,27 @@ def test_resume_keeps_counter_and_drift_history(tmp_path: Any) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="pami/pointing_game", mode="max", save_top_k=-1, save_last=True)
     stop = EarlyStopping(monitor="pami/insertion", mode="max", patience=5)
     first = callback(metrics=["pointing_game", "insertion"])
-    trainer(tmp_path, [first, ckpt, stop], max_epochs=2, enable_checkpointing=True).fit(TinyNet(), *loaders())
+    trainer(tmp_path, [first, ckpt, stop], max_epochs=2, enable_checkpointing=True).fit(TinyLit(), *loaders())
     assert ckpt.best_model_score is not None and stop.best_score.isfinite()
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
     assert saved["val_count"] == 2 and saved["history"]["columns"] == [1, 2]
 
     resumed = callback(metrics=["pointing_game", "insertion"])
     tr = trainer(tmp_path, [resumed], max_epochs=3)
-    tr.fit(TinyNet(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert resumed._val_count == 3 and resumed._history.columns == [1, 2, 3]
+    tr.fit(TinyLit(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.validations_seen == 3 and resumed.timeline_validations == [1, 2, 3]
     # The first validation after the resume already compares with the maps saved in the checkpoint.
     assert "pami/stability" in tr.callback_metrics
-    assert len(resumed._history.rows) == 3 * 4
+    assert len(resumed.sample_rows) == 3 * 4
 
 
 def test_two_instances_keep_separate_state(tmp_path: Any) -> None:
     a, b = callback(metrics=["pointing_game"]), callback(metrics=["insertion"], key_prefix="pami_b", num_samples=2)
     assert a.state_key != b.state_key
     tr = trainer(tmp_path, [a, b], max_epochs=1)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     assert {"pami/pointing_game", "pami_b/insertion"} <= set(tr.callback_metrics)
-    assert len(a._history.indices) == 4 and len(b._history.indices) == 2
+    assert len(a.explained_indices) == 4 and len(b.explained_indices) == 2
 
 
 def test_missing_masks_warn_once_and_skip_mask_metrics(tmp_path: Any) -> None:
@@ -204,7 +206,7 @@ def test_missing_masks_warn_once_and_skip_mask_metrics(tmp_path: Any) -> None:
     tr = trainer(tmp_path, [callback()], max_epochs=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tr.fit(TinyNet(), loaders()[0], val)
+        tr.fit(TinyLit(), loaders()[0], val)
     assert sum("no object masks" in str(w.message) for w in caught) == 1
     assert set(_metric_scores(tr)) == {"pami/insertion", "pami/deletion", "pami/stability"}
 
@@ -216,13 +218,13 @@ def _images_only(batch: Any) -> Sample:
 def test_target_label_needs_labels(tmp_path: Any) -> None:
     tr = trainer(tmp_path, [callback(metrics=["insertion"], batch_to_sample=_images_only)], max_epochs=1)
     with pytest.raises(ValueError, match='target="pred"'):
-        tr.fit(TinyNet(), *loaders())
+        tr.fit(TinyLit(), *loaders())
     tr = trainer(tmp_path, [callback(metrics=["insertion"], batch_to_sample=_images_only, target="pred")], max_epochs=1)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     assert "pami/insertion" in tr.callback_metrics
 
 
-class _DictNet(TinyNet):
+class _DictNet(TinyLit):
     """Loads uint8 dict batches and converts them in the transfer hooks, as users do."""
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -263,12 +265,12 @@ def test_batches_go_through_the_transfer_hooks_and_second_dataloader(tmp_path: A
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_runs_under_the_trainers_precision(tmp_path: Any, precision: str) -> None:
     tr = trainer(tmp_path, [callback(metrics=["pointing_game", "insertion"])], max_epochs=1, precision=precision)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     assert all(np.isfinite(v) for v in scores(tr).values()) and len(_metric_scores(tr)) == 2
 
 
 def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
-    model = TinyNet()
+    model = TinyLit()
     calls = []
     explainer = PAMI(model, forward=lambda m, x: (calls.append(len(x)), m(x))[1], partition=SlidingWindow(radius=8, stride=8), batch_size=16)
     tr = trainer(tmp_path, [PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game"])], max_epochs=1)
@@ -281,7 +283,7 @@ def test_ready_explainer_is_used_as_given(tmp_path: Any) -> None:
 
 def test_dict_outputs_with_a_callable_output(tmp_path: Any) -> None:
     # The clean predictions are scored per chunk, so outputs that cannot be concatenated work.
-    model = TinyNet()
+    model = TinyLit()
 
     def probability(outputs: dict, target: torch.Tensor) -> torch.Tensor:
         return outputs["logits"].softmax(1).gather(1, target[:, None])[:, 0]
@@ -295,7 +297,7 @@ def test_dict_outputs_with_a_callable_output(tmp_path: Any) -> None:
 # ---------------------------------------------------------------------------------------- LightningCLI
 
 
-class _CLINet(TinyNet):
+class _CLINet(TinyLit):
     def train_dataloader(self) -> DataLoader:
         return loaders()[0]
 
@@ -367,12 +369,12 @@ def test_in_place_preprocess_does_not_rewrite_the_samples(tmp_path: Any) -> None
     tr = trainer(tmp_path, [a, b])
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="inputs range")  # samples pushed outside [0, 1]
-        tr.validate(TinyNet(), loaders()[1], verbose=False)
-    assert torch.equal(a._history.last_maps, b._history.last_maps)
+        tr.validate(TinyLit(), loaders()[1], verbose=False)
+    assert torch.equal(a.last_maps, b.last_maps)
     assert list(_metric_scores(tr).values()) == list(_metric_scores(tr, "out").values())
 
 
-class _BatchCache(TinyNet):
+class _BatchCache(TinyLit):
     """Keeps one tensor built for the last batch size seen (as RNN initial states or mask caches do)."""
 
     def __init__(self) -> None:
@@ -394,4 +396,4 @@ def test_fit_validation_hands_no_inference_tensors_to_training(tmp_path: Any) ->
     val = DataLoader(shapes(24, seed=1), batch_size=24)
     cb = callback(metrics=["pointing_game"], batch_size=16)
     trainer(tmp_path, [cb], max_epochs=2).fit(_BatchCache(), train, val)
-    assert cb._val_count == 2
+    assert cb.validations_seen == 2

@@ -12,7 +12,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
+from helpers.callbacks import callback, loaders, scores, trainer
+from helpers.images import shapes
+from helpers.models import TinyLit
 
 pytestmark = [
     pytest.mark.ddp,
@@ -25,7 +27,7 @@ def _fit(tmp_path: Any, devices: int, num_samples: int, val: Any = None, model: 
     L.seed_everything(0, verbose=False)
     # lr=0 and frozen batch-norm statistics: both runs explain the same model, whatever each rank trains on.
     model = model or _pretrained()
-    model.lr, model.net[1].momentum = 0.0, 0.0
+    model.hparams.lr, model.net[1].momentum = 0.0, 0.0
     logger = CSVLogger(tmp_path, name=f"ddp{devices}", version=0)  # the version the ranks wrote to
     cb = callback(num_samples=num_samples, pointing_tolerance=6, batch_size=16)
     strategy = "ddp_fork" if devices > 1 else "auto"
@@ -35,9 +37,9 @@ def _fit(tmp_path: Any, devices: int, num_samples: int, val: Any = None, model: 
     return scores(tr), logger.log_dir
 
 
-def _pretrained() -> TinyNet:
-    """A TinyNet trained for a few steps, so its maps have structure (plain torch, well under a second)."""
-    model = TinyNet()
+def _pretrained() -> TinyLit:
+    """A TinyLit trained for a few steps, so its maps have structure (plain torch, well under a second)."""
+    model = TinyLit()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     x, y, _ = shapes(128, seed=3).tensors
     for _ in range(30):
@@ -87,7 +89,7 @@ def test_ddp_iterable_dataset_explains_rank_zeros_samples(tmp_path: Any) -> None
         assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7), name
 
 
-class _NaNOnRankOne(TinyNet):
+class _NaNOnRankOne(TinyLit):
     """NaN outputs on rank 1 outside training steps: only that rank's shard fails to explain."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

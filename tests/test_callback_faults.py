@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pami_lightning import SlidingWindow
 
-from callback_helpers import TinyNet, callback, loaders, scores, shapes, trainer
+from helpers.callbacks import callback, loaders, scores, trainer
+from helpers.images import shapes
+from helpers.models import TinyLit
 
 
 class _Steps(Callback):
@@ -71,14 +73,14 @@ def test_configuration_errors_before_the_first_training_step(tmp_path: Any, kwar
     assert steps.steps == 0
 
 
-class _Tolerant(TinyNet):
+class _Tolerant(TinyLit):
     """Validates any batch (uint8, channels-last, odd labels): only the callback looks at them."""
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log("val_seen", float(len(batch[0])))
 
 
-class _TurnsNaN(TinyNet):
+class _TurnsNaN(TinyLit):
     """Outputs NaN from epoch ``start`` on (default: the second), outside training steps (as a diverging model would)."""
 
     def __init__(self, start: int = 1) -> None:
@@ -131,7 +133,7 @@ def test_a_failing_image_write_does_not_abort_training(tmp_path: Any) -> None:
     os.makedirs(logger.log_dir)
     open(os.path.join(logger.log_dir, "pami"), "w").close()  # a file where the picture folder goes
     tr = trainer(tmp_path, [callback(metrics=["pointing_game"])], logger=logger, max_epochs=2)
-    messages = _warnings_of(lambda: tr.fit(TinyNet(), *loaders()))
+    messages = _warnings_of(lambda: tr.fit(TinyLit(), *loaders()))
     assert tr.current_epoch == 2
     assert any("PAMICallback" in m and ("NotADirectoryError" in m or "FileExistsError" in m) for m in messages)
     assert scores(tr)["pami/failed"] == 1 and "pami/pointing_game" in scores(tr)
@@ -139,7 +141,7 @@ def test_a_failing_image_write_does_not_abort_training(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize("wrap", ["dict", "tuple"])
 def test_models_returning_dicts_or_tuples_with_a_callable_output(tmp_path: Any, wrap: str) -> None:
-    class _Wrapped(TinyNet):
+    class _Wrapped(TinyLit):
         def forward(self, x: Tensor) -> Any:
             logits = super().forward(x)
             return {"logits": logits} if wrap == "dict" else (logits, x.mean(dim=(1, 2, 3)))
@@ -164,7 +166,7 @@ def _logits(outputs: Any) -> Tensor:
 
 def _checkpointed(tmp_path: Any, **kwargs: Any) -> str:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer(tmp_path, [callback(metrics=["pointing_game"], **kwargs), ckpt], max_epochs=1, enable_checkpointing=True).fit(TinyNet(), *loaders())
+    trainer(tmp_path, [callback(metrics=["pointing_game"], **kwargs), ckpt], max_epochs=1, enable_checkpointing=True).fit(TinyLit(), *loaders())
     return str(tmp_path / "ckpt" / "last.ckpt")
 
 
@@ -174,7 +176,7 @@ def test_resume_with_changed_settings_starts_stability_afresh(tmp_path: Any, cha
     prefix = change.get("key_prefix", "pami")
     resumed = callback(metrics=["pointing_game"], **change)
     tr = trainer(tmp_path, [resumed], max_epochs=2)
-    messages = _warnings_of(lambda: tr.fit(TinyNet(), *loaders(), ckpt_path=path))
+    messages = _warnings_of(lambda: tr.fit(TinyLit(), *loaders(), ckpt_path=path))
     noted = any("PAMICallback" in m and "afresh" in m for m in messages)
     assert noted is bool(change)
     assert (f"{prefix}/stability" in tr.callback_metrics) is not change
@@ -193,5 +195,5 @@ def test_the_constructor_builds_no_explainer(monkeypatch: Any) -> None:
 def test_labels_only_validation_set(tmp_path: Any) -> None:
     x, y, _ = shapes(8, seed=1).tensors
     tr = trainer(tmp_path, [callback(metrics=["insertion"])], max_epochs=1)
-    tr.fit(TinyNet(), loaders()[0], DataLoader(TensorDataset(x, y), batch_size=8))
+    tr.fit(TinyLit(), loaders()[0], DataLoader(TensorDataset(x, y), batch_size=8))
     assert "pami/insertion" in tr.callback_metrics

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 from pami_lightning import PAMI, Constant, PAMICallback, SlidingWindow
 from pami_lightning.callbacks import PAMIOptions
 
-from callback_helpers import SIZE, TinyNet, callback, loaders, scores, shapes, trainer
+from helpers.callbacks import callback, loaders, scores, trainer
+from helpers.images import SIZE, shapes
+from helpers.models import TinyLit
 
 
 def _csv_rows(logger: CSVLogger) -> list[dict[str, str]]:
@@ -32,7 +34,7 @@ def _column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key, "") != ""]
 
 
-class _Counting(TinyNet):
+class _Counting(TinyLit):
     """Counts the inputs its forward sees outside training steps (the callback's forward passes)."""
 
     def __init__(self) -> None:
@@ -48,7 +50,7 @@ class _Counting(TinyNet):
 # ---------------------------------------------------------------------------------------- 1. defaults
 
 
-class _Blind(TinyNet):
+class _Blind(TinyLit):
     """Knows nothing: the same logits for every input (so every map is flat)."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -68,7 +70,7 @@ def test_default_windows_and_tolerance_scale_with_the_image(tmp_path: Any) -> No
 def test_chance_baselines_are_logged_once(tmp_path: Any) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     tr = trainer(tmp_path, [callback(metrics=["pointing_game"])], logger=logger, max_epochs=2)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     rows = _csv_rows(logger)
     centre, chance = _column(rows, "pami/pointing_game_center"), _column(rows, "pami/pointing_game_random")
     assert len(centre) == 1 and len(chance) == 1 and 0 <= centre[0] <= 1 and 0 <= chance[0] <= 1
@@ -76,7 +78,7 @@ def test_chance_baselines_are_logged_once(tmp_path: Any) -> None:
 
 
 def test_settings_too_coarse_for_the_image_warn_before_training(tmp_path: Any) -> None:
-    model = TinyNet()
+    model = TinyLit()
     explainer = PAMI(model, partition=SlidingWindow(radius=16, stride=8), masker=Constant(0.0), shifts=[(0, 0), (12, 0)])
     cb = PAMICallback(num_samples=2, explainer=explainer, metrics=["pointing_game"], pointing_tolerance=15)
     with warnings.catch_warnings(record=True) as caught:
@@ -109,13 +111,13 @@ def test_every_n_validations_works_with_checkpoint_and_early_stopping(tmp_path: 
     logger = CSVLogger(tmp_path, name="csv")
     cb = callback(every_n_validations=2, metrics=["pointing_game", "insertion"])
     tr = trainer(tmp_path, [cb, ckpt, stop], logger=logger, max_epochs=4, enable_checkpointing=True)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     rows = _csv_rows(logger)
     # Explained at validations 1 and 3; 2 and 4 carry the last values over, flagged.
     assert _column(rows, "pami/carried_over") == [0, 1, 0, 1]
     points = _column(rows, "pami/pointing_game")
     assert len(points) == 4 and points[1] == points[0] and points[3] == points[2]
-    assert cb._history.columns == [1, 3] and ckpt.best_model_path
+    assert cb.timeline_validations == [1, 3] and ckpt.best_model_path
 
 
 def test_every_n_val_epochs_is_a_deprecated_alias() -> None:
@@ -127,17 +129,17 @@ def test_every_n_val_epochs_is_a_deprecated_alias() -> None:
 def test_a_reused_callback_reads_the_new_validation_set(tmp_path: Any) -> None:
     seen: list[Tensor] = []
     cb = callback(metrics=["pointing_game"], batch_to_sample=lambda b: (seen.append(b[0]), b)[1])
-    model = TinyNet()
+    model = TinyLit()
     train, _ = loaders()
     for seed in (1, 2):
         val = DataLoader(shapes(24, seed=seed), batch_size=16)
         trainer(tmp_path, [cb], max_epochs=1).fit(model, train, val)
         assert torch.equal(seen[-1], shapes(24, seed=seed).tensors[0][[3, 9, 15, 21]])
-    assert "pami/stability" not in cb._last  # other images: no stability across the two sets
+    assert "pointing_game" in cb.last_scores and "stability" not in cb.last_scores  # other images: no stability across the two sets
 
 
 def test_test_and_validate_explain_when_asked(tmp_path: Any) -> None:
-    class _Testable(TinyNet):
+    class _Testable(TinyLit):
         def test_step(self, batch: Any, batch_idx: int) -> None:
             self.validation_step(batch, batch_idx)
 
@@ -190,7 +192,7 @@ def test_max_passes_chooses_the_stride(tmp_path: Any) -> None:
     tr = trainer(tmp_path, [cb], max_epochs=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tr.fit(TinyNet(), *loaders())
+        tr.fit(TinyLit(), *loaders())
     # 4 clean passes; 296 / 4 = 74 windows per image at most: stride 4 gives 8 x 8 = 64.
     assert cb.pami.partition.resolve((SIZE, SIZE)) == (6, 4)
     assert scores(tr)["pami/passes"] == 4 + 4 * 64 <= 300
@@ -199,7 +201,7 @@ def test_max_passes_chooses_the_stride(tmp_path: Any) -> None:
 def test_max_passes_too_small_is_a_configuration_error(tmp_path: Any) -> None:
     cb = PAMICallback(num_samples=4, metrics=["insertion"], max_passes=20)
     with pytest.raises(ValueError, match="max_passes=20"):
-        trainer(tmp_path, [cb], max_epochs=1).fit(TinyNet(), *loaders())
+        trainer(tmp_path, [cb], max_epochs=1).fit(TinyLit(), *loaders())
 
 
 def test_the_explanation_shows_on_the_progress_bar(tmp_path: Any, capsys: Any) -> None:
@@ -207,6 +209,6 @@ def test_the_explanation_shows_on_the_progress_bar(tmp_path: Any, capsys: Any) -
         default_root_dir=str(tmp_path), callbacks=[callback(metrics=["pointing_game"])], logger=False, accelerator="cpu",
         max_epochs=1, limit_train_batches=1, enable_model_summary=False, enable_checkpointing=False,
     )
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     out = capsys.readouterr().out
     assert "PAMI" in out and "pass" in out

@@ -22,7 +22,9 @@ from PIL import Image
 
 from pami_lightning.callbacks import Pictures
 
-from callback_helpers import TinyNet, callback, loaders, read_tensorboard, read_wandb_history, scores, trainer
+from helpers.callbacks import callback, loaders, scores, trainer
+from helpers.logs import read_tensorboard, read_wandb_history
+from helpers.models import TinyLit
 
 METRICS = ["pointing_game", "energy_pointing_game", "insertion", "deletion"]
 SAMPLES = (3, 9, 15, 21)  # 4 samples evenly spaced over 24 validation images
@@ -33,7 +35,7 @@ TILE = 128
 def _fit(tmp_path: Any, logger: Any, epochs: int = 2, **kwargs: Any) -> tuple:
     cb = callback(pointing_tolerance=0, **kwargs)
     tr = trainer(tmp_path, [cb], logger=logger, max_epochs=epochs)
-    tr.fit(TinyNet(), *loaders())
+    tr.fit(TinyLit(), *loaders())
     return tr, cb
 
 
@@ -108,7 +110,7 @@ def test_tensorboard_and_csv_get_captioned_pictures_and_per_sample_numbers(tmp_p
             with open(os.path.join(folder, name), "rb") as f:
                 assert f.read() == event.encoded_image_string, name
     arrays = np.load(os.path.join(folders[-1], "maps.npz"))
-    assert np.array_equal(arrays["maps"], cb._history.last_maps.numpy())
+    assert np.array_equal(arrays["maps"], cb.last_maps.numpy())
     assert set(arrays) >= {"labels", "predictions", "targets", "p_target", "p_pred", "p_label", "pointing_game", "energy_pointing_game", "stability"}
     with open(os.path.join(files.log_dir, "pami", "table.csv"), newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))

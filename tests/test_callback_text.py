@@ -93,6 +93,10 @@ def test_text_samples_are_explained_and_logged_to_tensorboard(tmp_path, partitio
         ids, n = item["input_ids"], int(item["attention_mask"].sum())
         key = int((ids == (GREAT if item["label"] else AWFUL)).nonzero()[0])
         assert saved["maps"][row, :n].argmax() == key and (saved["maps"][row, n:] == 0).all()
+    # The callback's own copy: token maps [N, L], the same as the saved ones, with the stability it logged.
+    assert callback.last_maps is not None and callback.last_maps.shape == (3, 7)
+    assert np.array_equal(callback.last_maps.numpy(), saved["maps"]) and callback.explained_indices == [1, 4, 6]
+    assert callback.last_scores["stability"] == pytest.approx(1.0) and callback.validations_seen == 2
     page = (step / "sample_1.html").read_text()
     assert page.count("<span") == int(reviews(8, seed=1)[1]["attention_mask"].sum()) and ("great" in page or "awful" in page)
 

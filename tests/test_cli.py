@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pami_lightning.cli import main
 
-from cli_models import TinyLit, TinyNet
+from helpers.models import TinyCNN, TinyLit
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,14 +41,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     trainer.fit(lit, DataLoader(_data(), batch_size=8))
     trainer.save_checkpoint(root / "lit.ckpt")
 
-    net = TinyNet()
+    net = TinyCNN()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     for x, y in DataLoader(_data(), batch_size=8):
         optimizer.zero_grad()
         F.cross_entropy(net(x), y).backward()
         optimizer.step()
     torch.save(net.state_dict(), root / "net.pt")
-    torch.save(TinyNet(num_classes=5).state_dict(), root / "net5.pt")
+    torch.save(TinyCNN(num_classes=5).state_dict(), root / "net5.pt")
 
     pixels = np.random.default_rng(0).integers(60, 120, size=(40, 56, 3), dtype=np.uint8)
     pixels[8:24, 30:50] = (230, 40, 40)  # something for the segmenters and the model to find
@@ -77,7 +77,7 @@ def _check_outputs(out: Path, shape: tuple[int, int]) -> np.ndarray:
 @pytest.mark.slow
 def test_console_script_sliding_lightning_checkpoint(files, tmp_path):
     out = tmp_path / "maps" / "sliding.png"  # the folder does not exist yet
-    done = _script(["--checkpoint", str(files["lit"]), "--module", "cli_models:TinyLit", "--image", str(files["image"]),
+    done = _script(["--checkpoint", str(files["lit"]), "--module", "helpers.models:TinyLit", "--image", str(files["image"]),
                     "--radius", "8", "--stride", "4", "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     heat = _check_outputs(out, (40, 56))
@@ -93,7 +93,7 @@ def test_console_script_sliding_lightning_checkpoint(files, tmp_path):
 @pytest.mark.slow
 def test_console_script_superpixels_second_run_plain_module(files, tmp_path):
     out = tmp_path / "sp.png"
-    done = _script(["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(files["image"]),
+    done = _script(["--checkpoint", str(files["net"]), "--module", "helpers.models:TinyCNN", "--image", str(files["image"]),
                     "--strategy", "superpixels", "--second-run", "--target", "2", "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _check_outputs(out, (40, 56))
@@ -109,7 +109,7 @@ def test_superpixels_on_a_tiny_image_finishes(files, tmp_path):
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(3, 3, 3), dtype=np.uint8)).save(tiny)
     out = tmp_path / "tiny_sp.png"
-    done = _script(["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(tiny),
+    done = _script(["--checkpoint", str(files["net"]), "--module", "helpers.models:TinyCNN", "--image", str(tiny),
                     "--strategy", "superpixels", "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _check_outputs(out, (3, 3))
@@ -119,7 +119,7 @@ def test_superpixels_on_a_tiny_image_finishes(files, tmp_path):
 
 
 def test_score_is_a_deprecated_alias_of_output(files, tmp_path, capsys):
-    common = ["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(files["image"]), "--radius", "8", "--stride", "8"]
+    common = ["--checkpoint", str(files["net"]), "--module", "helpers.models:TinyCNN", "--image", str(files["image"]), "--radius", "8", "--stride", "8"]
     maps = {}
     for flags in (["--output", "identity"], ["--score", "identity"], []):
         out = tmp_path / f"{'_'.join(flags) or 'default'}.png"
@@ -142,7 +142,7 @@ def test_console_script_error_is_one_line_without_traceback(files, tmp_path):
 
 def test_size_preprocess_and_file_module(files, tmp_path, capsys):
     out = tmp_path / "sized.png"
-    args = ["--checkpoint", str(files["net5"]), "--module", f"{HERE / 'cli_models.py'}:TinyNet", "--init-args", '{"num_classes": 5}',
+    args = ["--checkpoint", str(files["net5"]), "--module", f"{HERE / 'helpers' / 'models.py'}:TinyCNN", "--init-args", '{"num_classes": 5}',
             "--image", str(files["image"]), "--size", "24", "20", "--radius", "6", "--stride", "5", "--shape", "square",
             "--masker", "black", "--preprocess", "imagenet", "--target", "4", "--batch-size", "7", "--out", str(out)]
     assert main(args) == 0
@@ -157,9 +157,9 @@ def test_custom_normalisation_matches_the_api(files, tmp_path):
     from pami_lightning.cli import read_image
 
     out = tmp_path / "norm.png"
-    assert main(["--checkpoint", str(files["net"]), "--module", "cli_models:TinyNet", "--image", str(files["image"]),
+    assert main(["--checkpoint", str(files["net"]), "--module", "helpers.models:TinyCNN", "--image", str(files["image"]),
                  "--radius", "10", "--stride", "6", "--mean", "0.5", "--std", "0.25", "--out", str(out)]) == 0
-    net = TinyNet()
+    net = TinyCNN()
     net.load_state_dict(torch.load(files["net"]))
     expected = PAMI(net, SlidingWindow(10, 6), Blur(), preprocess=lambda x: (x - 0.5) / 0.25).explain(read_image(files["image"]))
     np.testing.assert_allclose(np.load(out.with_suffix(".npy")), expected[0].numpy(), atol=1e-6)
@@ -171,16 +171,16 @@ ERRORS = {
     "unreadable image": (["--image", "$not_an_image"], "--image: cannot read"),
     "missing checkpoint": (["--checkpoint", "$root/nope.ckpt"], "--checkpoint: file not found"),
     "garbage checkpoint": (["--checkpoint", "$garbage"], "--checkpoint: cannot read"),
-    "garbage lightning checkpoint": (["--checkpoint", "$garbage", "--module", "cli_models:TinyLit"], "TinyLit.load_from_checkpoint"),
-    "checkpoint of another shape": (["--checkpoint", "$net5"], "does not fit TinyNet"),
-    "no colon": (["--module", "cli_models.TinyNet"], "must look like pkg.mod:ClassName"),
-    "missing module": (["--module", "cli_models_nope:TinyNet"], "no module named 'cli_models_nope'"),
-    "missing file module": (["--module", "$root/nope.py:TinyNet"], "--module: file not found"),
-    "missing attribute": (["--module", "cli_models:Tiny"], "has no attribute 'Tiny'; its nn.Module classes: TinyLit, TinyNet"),
-    "not a class": (["--module", "cli_models:not_a_class"], "is a function, not a class"),
-    "not a module": (["--module", "cli_models:NotAModule"], "is not an nn.Module subclass"),
+    "garbage lightning checkpoint": (["--checkpoint", "$garbage", "--module", "helpers.models:TinyLit"], "TinyLit.load_from_checkpoint"),
+    "checkpoint of another shape": (["--checkpoint", "$net5"], "does not fit TinyCNN"),
+    "no colon": (["--module", "helpers.models.TinyCNN"], "must look like pkg.mod:ClassName"),
+    "missing module": (["--module", "cli_models_nope:TinyCNN"], "no module named 'cli_models_nope'"),
+    "missing file module": (["--module", "$root/nope.py:TinyCNN"], "--module: file not found"),
+    "missing attribute": (["--module", "helpers.models:Tiny"], "has no attribute 'Tiny'; its nn.Module classes: BoxModel, ColourModel, TinyCNN, TinyLit"),
+    "not a class": (["--module", "helpers.models:not_a_class"], "is a function, not a class"),
+    "not a module": (["--module", "helpers.models:NotAModule"], "is not an nn.Module subclass"),
     "bad init args": (["--init-args", "[1]"], "--init-args must be a JSON object"),
-    "wrong init args": (["--init-args", '{"classes": 5}'], "TinyNet(**{'classes': 5}) failed"),
+    "wrong init args": (["--init-args", '{"classes": 5}'], "TinyCNN(**{'classes': 5}) failed"),
     "target out of range": (["--target", "7"], "target 7 is out of range for a model with 3 outputs"),
     "second run of windows": (["--second-run"], "--second-run re-segments the first map"),
     "window flags for superpixels": (["--strategy", "superpixels", "--radius", "5"], "--radius shape sliding windows"),
@@ -194,7 +194,7 @@ def test_user_errors_are_one_line_with_exit_status_2(case, files, capsys):
     extra, message = ERRORS[case]
     names = {**{k: str(v) for k, v in files.items()}, "root": str(files["image"].parent)}
     args = [Template(a).safe_substitute(names) for a in extra]
-    defaults = {"--checkpoint": str(files["net"]), "--module": "cli_models:TinyNet", "--image": str(files["image"]),
+    defaults = {"--checkpoint": str(files["net"]), "--module": "helpers.models:TinyCNN", "--image": str(files["image"]),
                 "--out": str(files["image"].parent / "err.png")}
     args += [x for flag, value in defaults.items() if flag not in args for x in (flag, value)]
     if "--strategy" not in args:

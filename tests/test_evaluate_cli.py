@@ -14,7 +14,8 @@ import torch
 
 from pami_lightning.evaluate_cli import main
 
-from evaluation_helpers import ColourModel, write_voc
+from helpers.evaluation import write_voc
+from helpers.models import ColourModel
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,7 +30,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _base(files: dict[str, Path], out: Path) -> list[str]:
-    return ["--checkpoint", str(files["model"]), "--module", "evaluation_helpers:ColourModel", "--voc", str(files["voc"]),
+    return ["--checkpoint", str(files["model"]), "--module", "helpers.models:ColourModel", "--voc", str(files["voc"]),
             "--classes", "blue,green,red", "--radius", "6", "--stride", "4", "--n-steps", "8", "--batch-size", "3",
             "--accelerator", "cpu", "--bootstrap", "200", "--out", str(out)]
 
@@ -72,7 +73,7 @@ def test_resume_in_process_and_tensorboard(files: dict[str, Path], tmp_path: Pat
         ({"--voc": "missing"}, "--voc: no such folder"),
         ({"--checkpoint": "missing.pt"}, "--checkpoint: file not found"),
         ({"--checkpoint": "GARBAGE"}, "not a PyTorch checkpoint"),
-        ({"--module": "evaluation_helpers:Nope"}, "has no attribute 'Nope'"),
+        ({"--module": "helpers.models:Nope"}, "has no attribute 'Nope'"),
         ({"--methods": "pami1,gradcam"}, "--methods: unknown gradcam"),
         ({"--classes": "blue,green"}, "--voc:"),
         ({"--tolerance": "wide"}, "--tolerance must be pixels"),

@@ -34,9 +34,10 @@ from pami_lightning.evaluation import (
 from pami_lightning.evaluation.layout import COLUMNS, read_table
 from pami_lightning.metrics.functional import curve_auc, pointing_game, pointing_game_baselines
 
-from evaluation_helpers import CLASSES, ColourModel, dataset, explainers, module, run, trainer, write_voc
+from helpers.evaluation import CLASSES, dataset, explainers, module, run, trainer, write_voc
+from helpers.models import ColourModel
 
-HELPERS = Path(__file__).with_name("evaluation_helpers.py")
+TESTS = Path(__file__).resolve().parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ddp_fork needs fork (Linux)")
 
 
@@ -291,7 +292,8 @@ def test_ddp_resume_with_fewer_samples_left_than_ranks(voc: Path, reference: Pat
 def test_a_killed_run_resumed_ends_with_the_uninterrupted_results(voc: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     # A slow model (0.2 s per forward call) in a separate process, killed once its first batch is written.
-    proc = subprocess.Popen([sys.executable, str(HELPERS), str(voc), str(out), "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.evaluation", str(voc), str(out), "0.2"], cwd=TESTS, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not (out / "samples").is_dir() or not os.listdir(out / "samples"):

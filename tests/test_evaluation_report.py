@@ -13,7 +13,7 @@ import pytest
 from pami_lightning.evaluation import build_report, load_results, log_report, write_report
 from pami_lightning.evaluation.report import bootstrap_means
 
-from evaluation_helpers import run, write_voc
+from helpers.evaluation import run, write_voc
 
 
 @pytest.fixture(scope="module")

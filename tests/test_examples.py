@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from callback_helpers import read_tensorboard, read_wandb_history
+
+from helpers.logs import read_tensorboard, read_wandb_history
 
 pytestmark = [pytest.mark.examples, pytest.mark.slow]
 

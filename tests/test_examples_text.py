@@ -51,7 +51,7 @@ def test_sentiment_tokenizer_word_ids_group_pieces():
 def test_vader_example_explains_a_black_box_scorer():
     pytest.importorskip("vaderSentiment")
     results = load("vader_sentiment").main([])
-    words = dict(zip("the plot was not good at all".split(), results["words"]["the plot was not good at all"]))
-    windows = dict(zip("the plot was not good at all".split(), results["windows of 3"]["the plot was not good at all"]))
+    words = dict(zip("the plot was not good at all".split(), results["words"]["the plot was not good at all"], strict=True))
+    windows = dict(zip("the plot was not good at all".split(), results["windows of 3"]["the plot was not good at all"], strict=True))
     assert words["good"] > 0.3 and words["not"] == 0  # each word alone: "good" is positive
     assert windows["not"] < 0  # in windows of three, VADER's negation "not good" shows

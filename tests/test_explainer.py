@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BoxModel, box_image, make_cnn, normalize, random_images
 from pami_lightning import PAMI, REFERENCE_SHIFTS, Blur, Constant, ModelCall, SlidingWindow, Superpixels
+
+from helpers.images import box_image, normalize, random_images
+from helpers.models import BoxModel, make_cnn
 
 ROWS, COLS = slice(20, 52), slice(50, 82)  # the box BoxModel looks at, in a 96x96 image
 
@@ -280,7 +282,7 @@ def test_unknown_segmenter():
 
 
 def test_second_run_needs_a_content_aware_partition(cnn):
-    with pytest.raises(ValueError, match="second_run=True .* needs a content-aware partition such as Superpixels"):
+    with pytest.raises(ValueError, match=r"second_run=True .* needs a content-aware partition such as Superpixels"):
         PAMI(cnn, SlidingWindow(), second_run=True)
 
 

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import MEAN, STD, make_cnn, normalize, random_images
 from torch import nn
 
 import pami_lightning
 from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
 from pami_lightning.metrics import Deletion, Insertion
 from pami_lightning.metrics.functional import deletion_curves, insertion_curves
+
+from helpers.images import MEAN, STD, normalize, random_images
+from helpers.models import make_cnn
 
 PLAIN = r"is a plain callable, so its modules cannot be put in eval mode.*forward=lambda m, x: \.\.\..*modules=\(\)"
 

@@ -25,7 +25,8 @@ from pami_lightning import AttentionMask, Blur, Constant, Masker, PAMICallback, 
 from pami_lightning.maskers import as_masker
 from pami_lightning.partitions import Partition
 
-from callback_helpers import TinyNet, shapes
+from helpers.images import shapes
+from helpers.models import TinyLit
 
 #: name -> (the object as a config file writes it, the object built in Python).
 IMAGE_PARTITIONS: dict[str, tuple[str, Partition]] = {
@@ -278,7 +279,7 @@ def _round_trip(tmp_path: Path, model: type, data: type, partitions: dict[str, t
 
 @pytest.mark.slow
 def test_image_partitions_and_maskers_round_trip_through_lightning_cli(tmp_path: Path) -> None:
-    _round_trip(tmp_path, TinyNet, ImageData, IMAGE_PARTITIONS, IMAGE_MASKERS, ["pointing_game"])
+    _round_trip(tmp_path, TinyLit, ImageData, IMAGE_PARTITIONS, IMAGE_MASKERS, ["pointing_game"])
 
 
 def test_token_partitions_and_maskers_round_trip_through_lightning_cli(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from conftest import random_images
 from pami_lightning import PAMI, Blur, Constant, SlidingWindow
 from pami_lightning.maskers import as_masker
+
+from helpers.images import random_images
 
 
 def dense_reference_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:

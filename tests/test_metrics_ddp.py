@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from pami_lightning.metrics import Deletion, EnergyPointingGame, Insertion, PointingGame
 
-from conftest import make_cnn, random_images
+from helpers.images import random_images
+from helpers.models import make_cnn
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 

@@ -23,7 +23,8 @@ from pami_lightning.metrics.functional import (
     pointing_game_baselines,
 )
 
-from conftest import make_cnn, random_images
+from helpers.images import random_images
+from helpers.models import make_cnn
 
 
 def random_boxes(n: int, size: int, lo: int, hi: int, seed: int) -> torch.Tensor:

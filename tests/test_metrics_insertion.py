@@ -23,7 +23,8 @@ from pami_lightning import PAMI, Blur, Constant, ModelCall, SlidingWindow
 from pami_lightning.metrics import Deletion, Insertion, PointingGame, _causal, boxes_to_mask
 from pami_lightning.metrics.functional import curve_auc, deletion, deletion_curves, insertion, insertion_curves
 
-from conftest import make_cnn, normalize, random_images
+from helpers.images import normalize, random_images
+from helpers.models import make_cnn
 
 
 def sum_logits(x: torch.Tensor) -> torch.Tensor:

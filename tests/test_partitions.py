@@ -11,7 +11,7 @@ from pami_lightning.partitions import SEGMENTERS
 from pami_lightning.partitions.base import consecutive_labels
 from pami_lightning.partitions.superpixels import to_uint8_image
 
-from conftest import box_image, random_images
+from helpers.images import box_image, random_images
 
 
 def centres_of(masks: torch.Tensor) -> list[tuple[int, int]]:

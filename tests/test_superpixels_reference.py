@@ -28,7 +28,8 @@ from pami_lightning.partitions import SEGMENTERS, LabelParts
 from pami_lightning.partitions.base import consecutive_labels
 from pami_lightning.partitions.superpixels import colour_guide, to_uint8_image
 
-from conftest import make_cnn, normalize
+from helpers.images import normalize
+from helpers.models import make_cnn
 
 # A few settings of each segmenter for 96x96 images: felzenszwalb's min_size is the paper's 784 (28^2)
 # scaled by (96/224)^2, so each segmentation still has several segments.
@@ -350,7 +351,11 @@ def test_cache_skips_segmentations_of_the_same_bytes():
     fn, _, name = sp.settings[0]
     sp.settings[0] = (fn, {"rows": 16}, name)
     assert sp.masks(x).shape[0] == 2 + 4 and seg.calls == 9
+    info = sp.cache_info()
+    assert (info.hits, info.misses, info.entries) == (7, 9, 9)  # 16 lookups: 7 served, 9 segmented and kept
+    assert info.bytes == (7 * 32 * 32 + 2 * 16 * 32) * 2 and info.max_bytes == 128 * 2**20  # int16 labels, two of the 16x32 crop
     sp.clear_cache()
+    assert sp.cache_info() == (0, 0, 0, 0, 128 * 2**20)
     sp.masks(x)
     assert seg.calls == 11
 
@@ -386,13 +391,14 @@ def test_cached_labels_are_private_compact_and_bounded():
     assert seg.calls == 4
     small.masks(images[2])  # images[1] and [0] are now the last used: [2] was evicted
     assert seg.calls == 5
+    assert small.cache_info()[2:] == (2, 2 * 32 * 32 * 2, 5 * 1024)  # two 2 KiB maps under the 5 KiB bound
 
     # cache_mb=0: every call segments (for random segmenters).
     off = Superpixels([seg], cache_mb=0)
     seg.calls = 0
     off.masks(x)
     off.masks(x)
-    assert seg.calls == 2
+    assert seg.calls == 2 and off.cache_info() == (0, 0, 0, 0, 0)
     for bad in (-1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="cache_mb must be a finite number >= 0"):
             Superpixels([seg], cache_mb=bad)
@@ -413,7 +419,8 @@ def test_cache_is_thread_safe_and_copies_start_empty():
     bands = Superpixels([quarters])
     bands.masks(images[0])
     clone = copy.deepcopy(bands)
-    assert len(clone._cache) == 0 and torch.equal(clone.masks(images[0]), bands.masks(images[0]))
+    assert clone.cache_info().entries == 0 and bands.cache_info().entries == 1
+    assert torch.equal(clone.masks(images[0]), bands.masks(images[0]))
     assert "cache_mb" not in repr(sp) and "cache_mb=0" in repr(Superpixels(["slic"], cache_mb=0))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import matplotlib
 import pytest
 import torch
 from torch import nn
 
-from pami_lightning import PAMI, AttentionMask, ModelCall, Blur, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score, word_ids_from_tokens
+from pami_lightning import PAMI, AttentionMask, Blur, ModelCall, SlidingWindow, TokenMask, TokenWindows, Words, caption_word_score, word_ids_from_tokens
 from pami_lightning.visualize import highlight_tokens, highlight_tokens_image
 
 PAD, MASK, KEY = 0, 1, 7
@@ -162,7 +164,7 @@ class ToyCaptioner(nn.Module):
     """A captioner with known evidence: the logit of word w at every step is 8 * mean(image in region w),
     plus a teacher-forcing term from the previous token (so the caption fed matters)."""
 
-    REGIONS = {3: (slice(2, 10), slice(2, 10)), 4: (slice(20, 30), slice(18, 28))}  # "dog", "ball"
+    REGIONS: ClassVar = {3: (slice(2, 10), slice(2, 10)), 4: (slice(20, 30), slice(18, 28))}  # "dog", "ball"
 
     def __init__(self, vocab: int = 6) -> None:
         super().__init__()
@@ -235,7 +237,7 @@ def test_html_highlights_and_escapes_tokens():
     html = highlight_tokens(["the", "<great>", "film"], torch.tensor([0.1, 0.9, 0.3]))
     assert html.count("<span") == 3 and "&lt;great&gt;" in html and "<great>" not in html
     # The most important token gets the colour map's last colour (Reds: dark red, white text).
-    first, last = ("#%02x%02x%02x" % tuple(matplotlib.colormaps["Reds"](v, bytes=True)[:3]) for v in (0.0, 1.0))
+    first, last = ("#{:02x}{:02x}{:02x}".format(*matplotlib.colormaps["Reds"](v, bytes=True)[:3]) for v in (0.0, 1.0))
     assert f'title="0.9" style="background-color: {last}; color: #ffffff' in html
     assert f'title="0.1" style="background-color: {first}; color: #000000' in html
     assert highlight_tokens(["a", "b"], [0.5, 0.5]).count(first) == 2  # a flat map: no highlight

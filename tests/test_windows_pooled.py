@@ -12,7 +12,8 @@ import torch
 from pami_lightning import PAMI, Blur, Constant, SlidingWindow, Superpixels, TokenWindows, Words
 from pami_lightning.partitions import Pooled
 
-from conftest import make_cnn, random_images
+from helpers.images import random_images
+from helpers.models import make_cnn
 
 # ---------------------------------------------------------------------------------------- relative windows
 

@@ -144,6 +144,10 @@ class PAMICallback(Callback):
         pami: the :class:`~pami_lightning.PAMI` the callback runs, built at setup (its partition
             within the ``max_passes`` budget once the samples' size is known).
 
+    What it has seen is readable after (or during) a run: :attr:`last_scores`, :attr:`last_maps`,
+    :attr:`explained_indices`, :attr:`sample_rows`, :attr:`timeline_validations` and
+    :attr:`validations_seen`.
+
     Raises:
         ValueError, TypeError: on an invalid argument.
         MisconfigurationException: with FSDP / DeepSpeed / model-parallel strategies (each rank calls
@@ -247,6 +251,45 @@ class PAMICallback(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(key_prefix=self.key_prefix, dataloader_idx=self.dataloader_idx)
+
+    # What the callback remembers, read-only (copies); all of it is restored from checkpoints.
+
+    @property
+    def validations_seen(self) -> int:
+        """Fit validation runs seen so far, explained or not (what ``every_n_validations`` counts)."""
+        return self._val_count
+
+    @property
+    def last_scores(self) -> dict[str, float]:
+        """The scores of the last explanation, by metric name without the prefix (``"insertion"``,
+        ``"stability"``, ...); empty before the first."""
+        return dict(self._last)
+
+    @property
+    def last_maps(self) -> Optional[Tensor]:
+        """The maps of the last explanation, ``[N, H, W]`` float32 on the CPU (text: ``[N, L]``), in the
+        order of :attr:`explained_indices`; ``None`` before the first."""
+        maps = self._history.last_maps
+        return None if maps is None else (maps[:, 0] if self._text else maps).clone()
+
+    @property
+    def explained_indices(self) -> list[int]:
+        """Dataset indices of the samples behind :attr:`last_maps`."""
+        return list(self._history.indices)
+
+    @property
+    def timeline_validations(self) -> list[int]:
+        """The validation number (1 = the first) of each column of the drift timeline, oldest first.
+
+        It restarts when the samples or their size change, and keeps the newest 50."""
+        return list(self._history.columns)
+
+    @property
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """One row per sample and explanation, oldest first: what the W&B table and the CSV logger get
+        (``sample`` (its dataset index), ``validation``, ``epoch``, ``label``, ``prediction``,
+        ``p_target``, the sample's scores, ...)."""
+        return [dict(row) for row in self._history.rows]
 
     # ------------------------------------------------------------------ hooks
 

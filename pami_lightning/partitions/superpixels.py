@@ -9,7 +9,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, Literal, Union, cast
+from typing import Any, Literal, NamedTuple, Union, cast
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 from .._warnings import user_stacklevel
 from .base import LabelParts, Partition, PartsOrFuture, consecutive_labels
 
-__all__ = ["PRESETS", "SEGMENTERS", "SettingSpec", "Superpixels", "colour_guide", "register_segmenter", "seeds_supported", "to_uint8_image"]
+__all__ = ["PRESETS", "SEGMENTERS", "CacheInfo", "SettingSpec", "Superpixels", "colour_guide", "register_segmenter", "seeds_supported", "to_uint8_image"]
 
 Segmenter = Callable[..., np.ndarray]
 #: Registered segmenters: ``name -> fn(image uint8 [H, W, 3], **params) -> int labels [H, W]``.
@@ -214,12 +214,23 @@ def colour_guide(maps: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))
 
 
+class CacheInfo(NamedTuple):
+    """What :meth:`Superpixels.cache_info` reports (as ``functools.lru_cache``'s ``cache_info()``)."""
+
+    hits: int  #: segmentations served from the cache
+    misses: int  #: lookups that found nothing, so the segmenter ran (none with ``cache_mb=0``)
+    entries: int  #: label maps held now
+    bytes: int  #: their bytes
+    max_bytes: int  #: the bound, ``cache_mb`` in bytes (0: no cache)
+
+
 class _LabelCache:
     """A thread-safe LRU of label maps, bounded by their bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.hits = self.misses = 0
         self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -228,6 +239,9 @@ class _LabelCache:
             labels = self._entries.get(key)
             if labels is not None:
                 self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return labels
 
     def put(self, key: Hashable, labels: np.ndarray) -> None:
@@ -246,10 +260,11 @@ class _LabelCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self.bytes = 0
+            self.bytes = self.hits = self.misses = 0
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self.hits, self.misses, len(self._entries), self.bytes, self.max_bytes)
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:
@@ -491,8 +506,23 @@ class Superpixels(Partition):
         return skipped
 
     def clear_cache(self) -> None:
-        """Forget every cached label map."""
+        """Forget every cached label map (and reset :meth:`cache_info`'s counts)."""
         self._cache.clear()
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, entries and bytes of the label-map cache (a copy starts with an empty one).
+
+        Example:
+            >>> import torch
+            >>> from pami_lightning import Superpixels
+            >>> sp = Superpixels([("slic", {"n_segments": 4})])
+            >>> image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+            >>> _ = sp.masks(image); _ = sp.masks(image)
+            >>> info = sp.cache_info()
+            >>> info.hits, info.misses, info.entries
+            (1, 1, 1)
+        """
+        return self._cache.info()
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies and pickles (e.g. for spawned processes) start with an empty cache: a lock does not pickle.

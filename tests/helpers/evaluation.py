@@ -1,24 +1,24 @@
-"""Shared pieces of the evaluation tests (no tests here): a VOC-format shapes dataset written on the fly, a
-known-answer colour model, the explainers compared, and one evaluation run as a function (also run in subprocesses)."""
+"""Evaluation test pieces: a VOC-format shapes dataset written on the fly, the explainers compared, and one
+evaluation run as a function (also run as a separate process: ``python -m helpers.evaluation VOC OUT [DELAY]``)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from pami_lightning import PAMI, Blur, SlidingWindow, Superpixels
 from pami_lightning.data import VOCDataset
 from pami_lightning.evaluation import CaptumOcclusion, CenterBaseline, ExplanationModule, RandomBaseline, evaluate
+
+from helpers.models import ColourModel
 
 CLASSES = ("blue", "green", "red")
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230)}
@@ -57,26 +57,6 @@ def write_voc(root: Path) -> Path:
     return root
 
 
-class ColourModel(nn.Module):
-    """Known-answer classifier of (blue, green, red): logit k = 20 x the strongest local excess of channel k over the pixel's mean.
-
-    Only the coloured box raises a logit, so masking it lowers the label's probability: PAMI's maps
-    peak on the box. ``delay`` seconds of sleep per call slow a run down enough to kill it mid-way.
-    """
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(20.0), requires_grad=False)
-        self.delay = delay
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.delay:
-            time.sleep(self.delay)
-        s = F.avg_pool2d(x, 5, stride=1, padding=2)
-        excess = s - s.mean(dim=1, keepdim=True)
-        return self.scale * excess.flip(1).amax(dim=(2, 3))  # channels R, G, B -> classes blue, green, red
-
-
 def dataset(root: Path) -> VOCDataset:
     return VOCDataset(root, classes=",".join(CLASSES))
 
@@ -107,6 +87,6 @@ def run(voc: Path, out: Path, devices: int = 1, batch_size: int = 2, delay: floa
     return evaluate(trainer(devices), module(model, **kwargs), dataset(voc), out, batch_size=batch_size)
 
 
-if __name__ == "__main__":  # python evaluation_helpers.py VOC OUT [DELAY]: one run, as a separate process
+if __name__ == "__main__":  # one run, as a separate process
     run(Path(sys.argv[1]), Path(sys.argv[2]), delay=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
     os._exit(0)
