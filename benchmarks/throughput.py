@@ -275,7 +275,7 @@ def loop_explain(s: Setup, partition: Any, images: Tensor) -> Tensor:
     masker = Blur()
     maps = []
     with torch.inference_mode():
-        for img, t in zip(images, s.targets, strict=True):
+        for img, t in zip(images, s.targets[: len(images)], strict=True):  # warm-up calls explain a prefix
             masks = partition.masks(img)  # [J, H, W] bool, all of them
             substrate = masker.substrate(img[None])[0]
             flat = masks.flatten(1)
@@ -300,7 +300,7 @@ def captum_explain(s: Setup, images: Tensor, window: tuple[int, int]) -> None:
     occlusion = Occlusion(lambda z: s.forward(z).float().softmax(dim=1))
     masker = Blur()
     with torch.inference_mode():
-        for img, t in zip(images, s.targets, strict=True):
+        for img, t in zip(images, s.targets[: len(images)], strict=True):  # warm-up calls explain a prefix
             occlusion.attribute(img[None], sliding_window_shapes=(3, width, width), strides=(3, stride, stride),
                                 baselines=masker.substrate(img[None]), target=t, perturbations_per_eval=s.batch_size)
 

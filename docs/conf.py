@@ -69,11 +69,13 @@ nitpick_ignore_regex = [
 #: The public modules, in the order they are documented (the first to document a name owns it).
 API_MODULES = [
     ("pami_lightning", "Top level: engine, strategies, maskers, scores, metrics, callback, evaluation, data"),
+    ("pami_lightning.partitions", "Partitions: strategies, segmenters, the label cache, the reference's byte conversions"),
     ("pami_lightning.callbacks", "Callback options and helpers"),
     ("pami_lightning.metrics", "Metrics (torchmetrics)"),
     ("pami_lightning.metrics.functional", "Functional metrics"),
     ("pami_lightning.data", "Datasets"),
     ("pami_lightning.evaluation", "Dataset-scale evaluation"),
+    ("pami_lightning.visualize", "Pictures: overlays, colour maps and bars, grids, timelines, token highlighting"),
 ]
 
 
@@ -82,9 +84,23 @@ def _kind(obj: Any) -> str:
         return "module"
     if inspect.isclass(obj):
         return "class"
-    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+    if inspect.isroutine(inspect.unwrap(obj)):  # functools.lru_cache wrappers too
         return "function"
     return "data"
+
+
+def _constant_doc(modname: str, name: str, obj: Any) -> list[str]:
+    """A constant's ``#:`` comment, read from the module that assigns it: autodoc reads only the named
+    module's source, and would show a re-exported dict's ``dict`` docstring instead."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    package = modname.split(".")[0]
+    for source in sorted(m for m in sys.modules if m == package or m.startswith(package + ".")):
+        if getattr(sys.modules[source], name, None) is obj:
+            doc = ModuleAnalyzer.for_module(source).find_attr_docs().get(("", name))
+            if doc:
+                return [line for line in doc if line.strip()]
+    raise ValueError(f"{modname}.{name} is public but has no #: comment where it is assigned")
 
 
 def _write_api() -> None:
@@ -115,7 +131,8 @@ def _write_api() -> None:
             elif kind == "function":
                 lines += [f".. autofunction:: {modname}::{name}", ""]
             else:
-                lines += [f".. autodata:: {modname}::{name}", ""]
+                lines += [f".. py:data:: {name}", *([f"   :value: {obj!r}"] if isinstance(obj, (int, float, str)) else []), ""]
+                lines += [f"   {line}" for line in _constant_doc(modname, name, obj)] + [""]
             if kind != "data":
                 owner[key] = f"{modname}.{name}"
         if seen_elsewhere:

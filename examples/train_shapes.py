@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pami_lightning import Blur, PAMICallback, SlidingWindow
-from pami_lightning.callbacks import PAMIOptions
+from pami_lightning.callbacks import PAMIOptions, Pictures
 
 #: The class of an image is the colour of its one class-coloured shape (RGB in [0, 1]).
 CLASSES = ("red", "green", "blue", "yellow")
@@ -136,6 +136,7 @@ def make_callback(**overrides: Any) -> PAMICallback:
         # 11 x 11 windows per image
         "explainer": PAMIOptions(partition=SlidingWindow(radius=10, stride=6), masker=Blur(kernel_size=15, sigma=5), batch_size=256),
         "pointing_tolerance": 0,  # the map's maximum must lie on the object itself
+        "pictures": Pictures(class_names=CLASSES),  # captions and timeline rows name the class
         "on_validate": True,
     }
     return PAMICallback(**{**options, **overrides})

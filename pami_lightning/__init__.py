@@ -8,6 +8,7 @@ from .metrics import boxes_to_mask
 from .partitions import Partition, Pooled, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
 from .scores import caption_word_score
 
+#: The installed version of pami-lightning.
 __version__ = "0.2.0"
 
 

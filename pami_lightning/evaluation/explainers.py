@@ -65,6 +65,8 @@ class Explainer(Protocol):
     def __call__(self, images: Tensor, target: Tensor) -> Tensor: ...
 
 
+#: What ``ExplanationModule`` accepts as a method: an :class:`Explainer`, a :class:`~pami_lightning.PAMI`, or
+#: a function ``(images [B, C, H, W], target [B]) -> maps [B, H, W]``.
 ExplainerLike = Union[Explainer, PAMI, Callable[[Tensor, Tensor], Tensor]]
 
 

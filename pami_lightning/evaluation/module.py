@@ -30,6 +30,7 @@ from .layout import FORMAT
 __all__ = ["ExplanationModule", "ExplainedBatch", "MethodOutput", "METRICS"]
 
 MetricName = Literal["pointing_game", "insertion", "deletion"]
+#: The scores an evaluation computes by default, each per sample and per class.
 METRICS: tuple[MetricName, ...] = ("pointing_game", "insertion", "deletion")
 Tolerance = Union[float, Literal["relative"]]
 

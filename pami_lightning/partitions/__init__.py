@@ -3,8 +3,9 @@
 from .base import LabelParts, Partition, Parts
 from .pooled import Pooled
 from .sliding_window import SlidingWindow
-from .superpixels import SEGMENTERS, Superpixels, register_segmenter
+from .superpixels import PRESETS, SEGMENTERS, CacheInfo, Superpixels, colour_guide, register_segmenter, seeds_supported, to_uint8_image
 from .tokens import TokenPartition, TokenWindows, Words, word_ids_from_tokens
 
-__all__ = ["Partition", "Parts", "LabelParts", "Pooled", "SlidingWindow", "Superpixels", "SEGMENTERS", "register_segmenter",
-           "TokenPartition", "TokenWindows", "Words", "word_ids_from_tokens"]
+__all__ = ["Partition", "Parts", "LabelParts", "Pooled", "SlidingWindow", "Superpixels", "CacheInfo", "SEGMENTERS", "PRESETS",
+           "register_segmenter", "seeds_supported", "to_uint8_image", "colour_guide", "TokenPartition", "TokenWindows", "Words",
+           "word_ids_from_tokens"]
