@@ -54,7 +54,8 @@ class DriftHistory:
         return self.last_maps is not None and self.indices == indices and self.last_maps.shape == maps.shape
 
     def stability(self, indices: list[int], maps: Tensor) -> Optional[Tensor]:
-        """``[B]`` rank correlation of ``maps`` with the previous ones, or ``None`` on the first time."""
+        """``[B]`` rank correlation of ``maps`` with the previous ones; ``None`` the first time, or when
+        the samples (``indices``) or the map size differ from the stored ones."""
         if not self.matches(indices, maps):
             return None
         assert self.last_maps is not None
@@ -89,8 +90,9 @@ class DriftHistory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.indices = list(state["indices"])
-        self.last_maps = state["last_maps"]
-        self.thumbnails = state["thumbnails"]
+        # A checkpoint loaded with map_location="cuda" would bring them back on the device.
+        self.last_maps = None if state["last_maps"] is None else state["last_maps"].cpu()
+        self.thumbnails = None if state["thumbnails"] is None else state["thumbnails"].cpu()
         self.columns = list(state["columns"])
         self.rows = [dict(r) for r in state["rows"]]
 
