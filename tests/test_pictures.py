@@ -355,3 +355,17 @@ def test_grey_and_oblong_images_are_drawn_in_colour_at_a_readable_size():
     strip = report.strips[0]
     assert strip.shape[0] == 24 * 3 and strip.shape[2] == 3  # the longer side 48 -> 144 px
     assert report.grid is not None and report.timeline is not None
+
+
+def test_pictures_encoded_in_parallel_are_the_pngs_of_each_picture():
+    rng = np.random.default_rng(0)
+    cards = [rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(5)]
+    report = Report(step=3, prefix="pami", names=[f"sample_{i}" for i in range(5)], captions=[""] * 5, cards=cards,
+                    grid=np.concatenate(cards, axis=0), timeline=rng.integers(0, 256, (30, 90, 3), dtype=np.uint8))
+    report.encode_pictures()
+    serial = Report(step=3, prefix="pami", names=report.names, captions=report.captions, cards=cards, grid=report.grid, timeline=report.timeline)
+    for name, image in report.pictures():
+        png = report.png(name, image)
+        assert png == serial.png(name, image)  # bit for bit what one-by-one encoding gives
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
+    assert len(report.pictures()) == 7
