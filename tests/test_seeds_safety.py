@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from pami_lightning.partitions.superpixels import _seeds_problem, seeds_supported
+from pami_lightning.partitions.segmenters import _seeds_problem, seeds_supported
 
 pytest.importorskip("cv2.ximgproc", reason="SEEDS needs opencv-contrib")
 
@@ -123,7 +123,7 @@ def test_seeds_refuses_sizes_it_cannot_segment_and_the_ensemble_says_so() -> Non
         import warnings
         import numpy as np, torch
         from pami_lightning import Superpixels
-        from pami_lightning.partitions.superpixels import seeds
+        from pami_lightning.partitions.segmenters import seeds
 
         try:
             seeds(np.zeros((5, 5, 3), np.uint8), num_superpixels=30)
