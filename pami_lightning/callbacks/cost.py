@@ -13,6 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .._inputs import Batch, batch_len
 from ..explainer import PAMI
 from ..forward import ModelCall
+from ..partitions.base import Partition
 from ..partitions.sliding_window import SlidingWindow
 
 __all__ = ["CountedCall", "PassesBar", "expected_passes", "windows_per_sample"]
@@ -112,3 +113,23 @@ def windows_per_sample(max_passes: int, n: int, views: int, causal: int) -> int:
             "explain fewer samples or drop insertion / deletion from metrics"
         )
     return windows
+
+
+def with_window_budget(partition: Partition, max_parts: int) -> SlidingWindow:
+    """A copy of a ``SlidingWindow`` whose stride grows until at most ``max_parts`` windows fit (its own cap kept)."""
+    if not isinstance(partition, SlidingWindow):
+        raise ValueError(f"max_passes is met by widening the stride of a SlidingWindow; {partition!r} has none — "
+                         "pass max_passes=None or a SlidingWindow partition")
+    cap = max_parts if partition.max_parts is None else min(max_parts, partition.max_parts)
+    return SlidingWindow(partition.radius, partition.stride, partition.shape, partition.spatial_dims, unit=partition.unit, max_parts=cap)
+
+
+def fit_to_budget(explainer: PAMI, partition: Partition, max_passes: int, n: int, spatial: tuple[int, ...], causal: int) -> str:
+    """Give ``explainer`` the copy of ``partition`` with the narrowest stride whose forward passes for
+    ``n`` samples of size ``spatial`` stay within ``max_passes``; returns what was chosen, in words."""
+    views = len(explainer.shifts or [()])
+    explainer.partition = with_window_budget(partition, windows_per_sample(max_passes, n, views, causal))
+    radius, stride = explainer.partition.resolve(spatial)
+    total = expected_passes(explainer, n, spatial, causal)
+    return (f"windows of radius {radius} px at stride {stride} px, {explainer.partition.num_parts(spatial)} per sample, for {n} samples "
+            f"of {'x'.join(map(str, spatial))}: at most {total} forward passes per explanation")

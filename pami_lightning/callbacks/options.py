@@ -16,7 +16,7 @@ from ..partitions.base import Partition
 from ..partitions.sliding_window import SlidingWindow
 from ..scores import resolve_output
 
-__all__ = ["PAMIOptions", "with_window_budget", "warn_if_coarse"]
+__all__ = ["PAMIOptions", "warn_if_coarse"]
 
 
 @dataclass
@@ -71,15 +71,6 @@ class PAMIOptions:
             model, self.partition if self.partition is not None else SlidingWindow.relative(), self.masker, self.preprocess,
             self.output, self.batch_size, forward=self.forward, shifts=self.shifts, second_run=self.second_run, progress=False,
         )
-
-
-def with_window_budget(partition: Partition, max_parts: int) -> SlidingWindow:
-    """A copy of a ``SlidingWindow`` whose stride grows until at most ``max_parts`` windows fit (its own cap kept)."""
-    if not isinstance(partition, SlidingWindow):
-        raise ValueError(f"max_passes is met by widening the stride of a SlidingWindow; {partition!r} has none — "
-                         "pass max_passes=None or a SlidingWindow partition")
-    cap = max_parts if partition.max_parts is None else min(max_parts, partition.max_parts)
-    return SlidingWindow(partition.radius, partition.stride, partition.shape, partition.spatial_dims, unit=partition.unit, max_parts=cap)
 
 
 def warn_if_coarse(explainer: PAMI, spatial: Sequence[int], tolerance: Optional[float], explicit_tolerance: bool) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -24,19 +23,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from .._inputs import main_tensor
 from ..explainer import PAMI
-from ..forward import Clean
-from .cost import CountedCall, PassesBar, expected_passes, windows_per_sample
-from .distributed import broadcast_outcome, gather_shards, guard
+from .cost import CountedCall, fit_to_budget, with_window_budget
+from .distributed import broadcast_outcome, guard
 from .drift import DriftHistory
+from .explaining import Shard, as_history, explain_shard, gather, predict
 from .logging import dispatch
-from .options import PAMIOptions, warn_if_coarse, with_window_budget
+from .options import PAMIOptions, warn_if_coarse
 from .pictures import Pictures
 from .report import Explained, build_report, table_rows
-from .samples import Sample, default_batch_to_sample, digest, isolated_rng, load_items, shard
-from .scoring import METRICS, MODEL_METRICS, MetricName, Scorer, causal_points, mean
-from .text import TokensFn, select_rows, spatial_shape, text_batch_to_sample
+from .samples import Sample, default_batch_to_sample, digest, isolated_rng, load_items, pick_loader, to_device
+from .scoring import METRICS, MODEL_METRICS, MetricName, Scorer, causal_points
+from .text import TokensFn, text_batch_to_sample
 
 #: What is logged for a metric before it has any value to carry over.
 WORST: dict[str, float] = {"pointing_game": 0.0, "energy_pointing_game": 0.0, "insertion": 0.0, "deletion": 1.0}
@@ -378,7 +376,7 @@ class PAMICallback(Callback):
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> None:
         """Read and check the samples when the loader's dataset is new; size the windows and tolerance to them."""
         assert self.pami is not None and self._scorer is not None
-        loader = _pick_loader(loaders, self.dataloader_idx, "test" if trainer.testing else "validation")
+        loader = pick_loader(loaders, self.dataloader_idx, "test" if trainer.testing else "validation")
         if loader.dataset is self._dataset and self._sample is not None:
             return
         with isolated_rng(pl_module.device):
@@ -406,10 +404,7 @@ class PAMICallback(Callback):
 
     def _to_sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Sample:
         """The samples on the device, through the same transfer path as validation batches."""
-        # A copy: users' transfer hooks may edit the batch in place.
-        batch = trainer.precision_plugin.convert_input(copy.deepcopy(batch))
-        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=self.dataloader_idx)
-        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=self.dataloader_idx)
+        batch = to_device(trainer, pl_module, batch, self.dataloader_idx)
         unpack = text_batch_to_sample if self._text else default_batch_to_sample
         return unpack(self.batch_to_sample(batch) if self.batch_to_sample is not None else batch)
 
@@ -418,7 +413,7 @@ class PAMICallback(Callback):
         assert self.pami is not None
         self.pami.check_inputs(sample.images)
         with trainer.precision_plugin.forward_context():
-            self._predict(sample.images, sample.labels)
+            predict(self.pami, sample.images, sample.labels, self.target)
 
     def _size_to(self, trainer: pl.Trainer, sample: Sample) -> None:
         """Windows within the budget and warnings for settings sized for larger images."""
@@ -426,14 +421,8 @@ class PAMICallback(Callback):
         spatial = tuple(sample.images.shape[2:])
         n = sample.images.shape[0]
         if self.max_passes is not None:
-            views = len(self.pami.shifts or [()])
-            windows = windows_per_sample(self.max_passes, n, views, self._causal_passes(spatial))
-            self.pami.partition = with_window_budget(self._partition, windows)
-            radius, stride = self.pami.partition.resolve(spatial)
-            total = expected_passes(self.pami, n, spatial, self._causal_passes(spatial))
-            rank_zero_info(f"PAMICallback(max_passes={self.max_passes}): windows of radius {radius} px at stride {stride} px, "
-                           f"{self.pami.partition.num_parts(spatial)} per sample, for {n} samples of {'x'.join(map(str, spatial))}: "
-                           f"at most {total} forward passes per explanation")
+            chosen = fit_to_budget(self.pami, self._partition, self.max_passes, n, spatial, self._causal_passes(spatial))
+            rank_zero_info(f"PAMICallback(max_passes={self.max_passes}): {chosen}")
         masks = sample.masks
         tolerance = self._scorer.tolerance_px(masks.shape[-2:] if masks is not None else spatial)
         warn_if_coarse(self.pami, spatial, tolerance, explicit_tolerance=self.pointing_tolerance is not None)
@@ -455,17 +444,17 @@ class PAMICallback(Callback):
         had_values = bool(self._last)
         with isolated_rng(pl_module.device):
             step = "explaining"
-            shard_out, error = guard(trainer, lambda: self._explain_shard(trainer, pl_module, loaders), self.on_error)
+            shard_out, error = guard(trainer, lambda: self._explain(trainer, pl_module, loaders), self.on_error)
             result = None
             if error is None:
                 assert shard_out is not None
                 step = "scoring"
-                result, error = guard(trainer, lambda: self._gather(trainer, *shard_out), self.on_error)
+                result, error = guard(trainer, lambda: self._gather(trainer, shard_out), self.on_error)
             if result is not None:
                 rows = table_rows(self._indices, self._val_count, trainer.current_epoch, result)
                 step = "logging the pictures of"
                 _, error = guard(trainer, lambda: self._draw(trainer, result, rows), self.on_error)
-                self._history.push(self._indices, self._as_history(result.maps), self._val_count, rows)
+                self._history.push(self._indices, as_history(result.maps, self._text), self._val_count, rows)
                 self._last = dict(result.scores)
         seconds, passes = time.perf_counter() - start, self._call.passes - passes
         if result is not None and self._baselines_due and result.sample.masks is not None:
@@ -483,62 +472,17 @@ class PAMICallback(Callback):
             where = " on rank 0" if trainer.world_size > 1 else ""
             rank_zero_info(f"PAMICallback: {len(self._indices)} samples explained in {seconds:.2f} s, {passes} forward passes{where}")
 
-    def _explain_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> tuple[Tensor, Tensor, Tensor, int]:
-        """This rank's shard explained and scored by the model metrics: maps, ``[pred, target]``, floats; no collective."""
-        assert self.pami is not None and self._call is not None and self._scorer is not None
+    def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any) -> Shard:
+        """The samples (read when new), then this rank's shard explained; no collective."""
         self._prepare(trainer, pl_module, loaders)
-        sample = self._sample
-        assert sample is not None
-        n = main_tensor(sample.images).shape[0]
-        part, size = shard(n, trainer.global_rank, trainer.world_size)
-        images = select_rows(sample.images, part)
-        m = main_tensor(images).shape[0]
-        spatial = tuple(spatial_shape(images, self.pami))
-        total = expected_passes(self.pami, m, spatial, self._causal_passes(spatial)) if not self._text else None
-        self._call.bar = PassesBar(trainer, total, desc="PAMI" if self.key_prefix == "pami" else f"PAMI ({self.key_prefix})")
-        try:
-            # Hooks run outside the precision context; the model must see what validation_step sees.
-            with trainer.precision_plugin.forward_context():
-                clean = self._predict(images, None if sample.labels is None else sample.labels[part])
-                if m:
-                    maps = self.pami.explain(images, target=clean.target).float()
-                    # Text has no model metrics (tensor images only).
-                    model = self._scorer.model_scores(images, maps, clean) if isinstance(images, Tensor) else maps.new_zeros(m, 0)
-                else:  # more ranks than samples: this rank only pads the gather
-                    maps = main_tensor(images).new_zeros(0, *spatial, dtype=torch.float32)
-                    model = maps.new_zeros(0, len(self._scorer.model_names))
-        finally:
-            self._call.bar.close()
-            self._call.bar = None
-        floats = torch.cat([clean.score[:, None], clean.pred_score[:, None], model.to(clean.score.device)], 1)
-        return maps, torch.stack([clean.pred, clean.target], 1), floats, size
+        assert self.pami is not None and self._call is not None and self._scorer is not None and self._sample is not None
+        desc = "PAMI" if self.key_prefix == "pami" else f"PAMI ({self.key_prefix})"
+        return explain_shard(trainer, self.pami, self._call, self._scorer, self._sample, target=self.target, text=self._text,
+                             causal_passes=self._causal_passes, desc=desc)
 
-    def _predict(self, images: Any, labels: Optional[Tensor]) -> Clean:
-        """Top-1 prediction, explained class and the scores of both, per sample ``[m]``."""
-        assert self.pami is not None
-        if self.target == "label" and labels is None:
-            raise ValueError('target="label" needs labels, but the samples have none: use target="pred" or pass batch_to_sample=')
-        given = labels.to(main_tensor(images).device) if self.target == "label" and labels is not None else None
-        # On copies of the samples: an in-place preprocess or model must not rewrite them before they
-        # are explained and scored.
-        return self.pami.call.clean(images, given)
-
-    def _gather(self, trainer: pl.Trainer, maps: Tensor, ints: Tensor, floats: Tensor, size: int) -> Explained:
-        """All ranks' shards in sample order, then the mask metrics and stability (the same on every rank)."""
+    def _gather(self, trainer: pl.Trainer, part: Shard) -> Explained:
         assert self._scorer is not None and self._sample is not None
-        maps, ints, floats = gather_shards(trainer, size, maps, ints, floats)
-        floats = floats.cpu()
-        per_sample: dict[str, Tensor] = {name: floats[:, 2 + k] for k, name in enumerate(self._scorer.model_names)}
-        scores: dict[str, float] = {name: mean(values) for name, values in per_sample.items()}
-        if self._masks() is not None:
-            mask_scores, mask_values = self._scorer.mask_scores(maps, self._sample.masks)  # type: ignore[arg-type]
-            scores.update(mask_scores)
-            per_sample.update(mask_values)
-        stability = self._history.stability(self._indices, self._as_history(maps))
-        if stability is not None:
-            per_sample["stability"] = stability
-            scores["stability"] = mean(stability)
-        return Explained(self._sample, maps, ints[:, 0], ints[:, 1], floats[:, 0], floats[:, 1], scores, per_sample)
+        return gather(trainer, part, self._scorer, self._sample, self._masks(), self._history, self._indices, self._text)
 
     def _draw(self, trainer: pl.Trainer, result: Explained, rows: list[dict[str, Any]]) -> None:
         """Pictures and tables to the loggers (global rank zero)."""
@@ -572,10 +516,6 @@ class PAMICallback(Callback):
             pl_module.log(f"{self.key_prefix}/seconds", cost[0], sync_dist=True, reduce_fx="max")
             pl_module.log(f"{self.key_prefix}/passes", float(cost[1]), sync_dist=True, reduce_fx="sum")
 
-    def _as_history(self, maps: Tensor) -> Tensor:
-        """Maps as the drift history keeps them: token maps ``[n, L]`` as one-row images ``[n, 1, L]``."""
-        return maps.unsqueeze(1) if self._text else maps
-
     def _masks(self) -> Optional[Tensor]:
         assert self._sample is not None and self._scorer is not None
         if self._sample.masks is None and self._scorer.mask_names and not self._warned_no_masks:
@@ -587,15 +527,3 @@ class PAMICallback(Callback):
 def _fast_dev_run(trainer: pl.Trainer) -> bool:
     # Set on the Trainer at init (an int or a bool), not declared on the class.
     return bool(getattr(trainer, "fast_dev_run", False))
-
-
-def _pick_loader(loaders: Any, idx: int, stage: str) -> Any:
-    if loaders is None:
-        raise MisconfigurationException(f"PAMICallback needs a {stage} dataloader")
-    if isinstance(loaders, Mapping):
-        loaders = list(loaders.values())
-    if not isinstance(loaders, (list, tuple)):
-        loaders = [loaders]
-    if not 0 <= idx < len(loaders):
-        raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} {stage} dataloaders")
-    return loaders[idx]

@@ -7,6 +7,7 @@ dataset (so the loader's sampler and shuffling are never touched) and collated w
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import random
@@ -15,14 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, cast
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..metrics import boxes_to_mask
 
-__all__ = ["Sample", "default_batch_to_sample", "select_indices", "load_items", "digest", "shard", "pad_to", "isolated_rng"]
+__all__ = ["Sample", "default_batch_to_sample", "select_indices", "load_items", "pick_loader", "to_device", "digest", "shard", "pad_to", "isolated_rng"]
 
 _IMAGE_KEYS = ("image", "images", "input", "inputs")
 _LABEL_KEYS = ("label", "labels", "target", "targets")
@@ -240,3 +243,24 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def pick_loader(loaders: Any, idx: int, stage: str) -> Any:
+    """Dataloader ``idx`` of the trainer's ``stage`` (validation / test) loaders: one, a list or a dict."""
+    if loaders is None:
+        raise MisconfigurationException(f"PAMICallback needs a {stage} dataloader")
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    if not 0 <= idx < len(loaders):
+        raise MisconfigurationException(f"PAMICallback(dataloader_idx={idx}) but there are {len(loaders)} {stage} dataloaders")
+    return loaders[idx]
+
+
+def to_device(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int) -> Any:
+    """A copy of ``batch`` through the same transfer path as the stage's batches (precision, the module's
+    transfer hooks, the strategy's device); users' hooks may edit a batch in place."""
+    batch = trainer.precision_plugin.convert_input(copy.deepcopy(batch))
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=dataloader_idx)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
