@@ -17,9 +17,10 @@ from torch import Tensor
 
 from .._warnings import user_stacklevel
 from .base import LabelParts, Partition, PartsOrFuture, consecutive_labels
-from .segmenters import PRESETS, Segmenter, SettingSpec, resolve_setting, unsupported
+from .segmenters import PRESETS, SEGMENTERS, Segmenter, SettingSpec, register_segmenter, resolve_setting, unsupported
 
-__all__ = ["CacheInfo", "Superpixels", "colour_guide", "to_uint8_image"]
+# SEGMENTERS and register_segmenter (now in .segmenters) stay importable from here, their 0.1 path.
+__all__ = ["CacheInfo", "Superpixels", "colour_guide", "to_uint8_image", "SEGMENTERS", "register_segmenter"]
 
 
 def to_uint8_image(x: Tensor) -> np.ndarray:
