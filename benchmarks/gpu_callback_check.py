@@ -18,7 +18,8 @@ import lightning as L
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from callback_helpers import TinyNet, callback, loaders, scores
+from helpers.callbacks import callback, loaders, scores
+from helpers.models import TinyLit
 
 
 def _trainer(callbacks: list, accelerator: str = "gpu", **kwargs: object) -> L.Trainer:
@@ -39,7 +40,7 @@ def _trainer(callbacks: list, accelerator: str = "gpu", **kwargs: object) -> L.T
 
 def _fit(callbacks: list, precision: str) -> tuple[L.Trainer, dict, torch.Tensor]:
     L.seed_everything(0, verbose=False)
-    model = TinyNet()
+    model = TinyLit()
     tr = _trainer(callbacks, precision=precision)
     tr.fit(model, *loaders())
     return tr, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, torch.cuda.get_rng_state()
@@ -57,7 +58,7 @@ def main() -> None:
         print(f"[{precision}] weights_identical_with_callback: {same} (control, two plain fits: {control_same}); cuda_rng_identical: {torch.equal(rng_with, rng_plain)}")
 
     L.seed_everything(1, verbose=False)
-    model, val = TinyNet(), loaders()[1]
+    model, val = TinyLit(), loaders()[1]
     got = {}
     for accelerator in ("cpu", "gpu"):
         tr = _trainer([callback(on_validate=True, pointing_tolerance=0)], accelerator=accelerator)
