@@ -10,6 +10,7 @@ grad mode (``torch.inference_mode()`` or ``torch.no_grad()``) and the score func
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -28,10 +29,10 @@ __all__ = ["ModelCall", "Clean", "clone_batch"]
 class Clean(NamedTuple):
     """What the model says about clean (unmasked) inputs, one row per input ``[B]``."""
 
-    pred: Tensor  #: top-1 class (long)
+    pred: Tensor  #: top-1 class (long); -1 where the outputs have no classes to rank (a dict scored by a callable ``output=``)
     target: Tensor  #: the class scored (the given one, else ``pred``)
     score: Tensor  #: score of ``target`` (float32), e.g. p(target)
-    pred_score: Tensor  #: score of ``pred`` (float32), e.g. p(pred)
+    pred_score: Tensor  #: score of ``pred`` (float32), e.g. p(pred); NaN where ``pred`` is -1
 
 
 class ModelCall:
@@ -204,10 +205,14 @@ class ModelCall:
                 pred = _top1_or_none(outputs, required=t is None)
                 t = t if t is not None else pred
                 assert t is not None
-                preds.append(pred if pred is not None else t)
                 targets.append(t)
                 scores.append(self.score(outputs, t))
-                pred_scores.append(self.score(outputs, pred) if pred is not None else scores[-1])
+                if pred is None:  # unknown, not the target: a report must not show the model as right
+                    preds.append(torch.full_like(t, -1))
+                    pred_scores.append(torch.full_like(scores[-1], math.nan))
+                else:
+                    preds.append(pred)
+                    pred_scores.append(self.score(outputs, pred))
         if not preds:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return Clean(empty, empty, empty.float(), empty.float())

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from pami_lightning import PAMI, Blur, Constant, Superpixels
+from pami_lightning import PAMI, Blur, Constant, ModelCall, Superpixels
 from pami_lightning.data import collate
 from pami_lightning.evaluation import (
     CaptumFeatureAblation,
@@ -255,6 +257,31 @@ def test_only_correct_keeps_misclassified_images_in_the_table_unexplained(voc: P
     assert np.array_equal(t["explained"], t["correct"]) and np.isnan(t["pointing_hit"][wrong]).all() and (t["row"][wrong] == -1).all()
     assert res.summary()["random"]["images"] == 5 and res.summary()["random"]["skipped"] == 2
     assert len(res.maps("random")) == 5 and np.isnan(res.table("random")["insertion_auc"]).all()
+
+
+class _Probabilities(nn.Module):
+    """The colour model behind an object: its outputs rank no classes unless ``output=`` reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ColourModel()
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(probs=self.inner(x).softmax(1))
+
+
+def test_a_model_whose_outputs_rank_no_classes_is_never_counted_correct(voc: Path, tmp_path: Path) -> None:
+    call = ModelCall(_Probabilities(), output=lambda out, t: out.probs.gather(1, t[:, None])[:, 0])
+    only = ExplanationModule(call, [CenterBaseline()], metrics=("pointing_game",), only_correct=True)
+    with pytest.raises(ValueError, match=r"only_correct=True .* outputs have no classes to rank"):
+        evaluate(trainer(), only, dataset(voc), tmp_path / "only", batch_size=4)
+    res = evaluate(trainer(), ExplanationModule(call, [CenterBaseline()], metrics=("pointing_game",)), dataset(voc), tmp_path / "all", batch_size=4)
+    assert res is not None
+    t = res.table("center")
+    assert (t["prediction"] == -1).all() and not t["correct"].any() and t["explained"].all()  # unknown, not "the label"
+    items = dataset(voc)
+    probs = ColourModel()(torch.stack([items[int(i)]["image"] for i in t["index"]])).softmax(1)
+    assert np.allclose(t["p_label"], probs[torch.arange(len(t["label"])), torch.as_tensor(t["label"])].numpy(), atol=1e-6)
 
 
 # ---------------------------------------------------------------- distributed and resumed runs

@@ -216,6 +216,18 @@ def test_a_forward_adapter_picks_the_logits_for_dict_and_tensor_inputs():
     assert pixels.clean(batch["input_ids"]).pred.shape == (2,)
 
 
+def test_clean_predictions_of_outputs_without_classes_are_unknown_not_the_target():
+    # A callable score over an object: the target can be scored, but no top-1 class can be read off.
+    model = ModelCall(lambda x: SimpleNamespace(p=x.flatten(1).sigmoid()), output=lambda out, t: out.p.gather(1, t[:, None])[:, 0], modules=())
+    x, target = torch.rand(3, 1, 2, 2), torch.tensor([0, 3, 1])
+    clean = model.clean(x, target)
+    assert torch.equal(clean.target, target) and torch.equal(clean.pred, torch.full((3,), -1))
+    torch.testing.assert_close(clean.score, x.flatten(1).sigmoid().gather(1, target[:, None])[:, 0])
+    assert clean.pred_score.isnan().all()
+    with pytest.raises(ValueError, match="target=None explains the top-1 class"):
+        model.clean(x)
+
+
 # ---------------------------------------------------------------------------------------- eval mode
 
 

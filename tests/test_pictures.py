@@ -174,6 +174,14 @@ def test_caption_when_the_prediction_is_explained_and_the_label_was_not_scored()
     assert "p(label) 0.050" in caption_lines(table_rows([5], 1, 0, result)[0], 7, Pictures())[1]
 
 
+def test_outputs_without_classes_caption_an_unknown_prediction_not_the_label():
+    # ModelCall.clean reports pred -1 and p(pred) NaN when the outputs rank no classes.
+    result = _explained(torch.full((1, 8, 8), 0.25), labels=[1], preds=[-1], targets=[1], p_target=[0.7], p_pred=[math.nan], masks=False)
+    (row,) = table_rows([5], 1, 0, result)
+    assert row["prediction"] is None and row["p_label"] == pytest.approx(0.7)  # the label was explained: its score is known
+    assert caption_lines(row, 7, Pictures(class_names=NAMES))[1] == "label astronaut (1) p(label) 0.700 · pred ?"
+
+
 def test_samples_without_labels_caption_the_prediction_only():
     result = _explained(torch.rand(1, 8, 8), labels=None, preds=[1], p_pred=[0.6], masks=False)
     report, rows = _report(result, Pictures())

@@ -73,7 +73,8 @@ def table_rows(indices: list[int], validation: int, epoch: int, result: Explaine
     """One row of scalars per sample for the sample x validation table (and the drift timeline's ranges).
 
     Columns: ``sample, validation, epoch, label, prediction, p_target, p_pred, target, p_label,
-    map_min, map_max`` and one per ``result.per_sample`` score. ``map_min`` / ``map_max`` are what
+    map_min, map_max`` and one per ``result.per_sample`` score; ``prediction`` is ``None`` (and ``p_pred``
+    NaN) when the model's outputs rank no classes. ``map_min`` / ``map_max`` are what
     the timeline prints under (and, on the absolute scale, colours) each past map.
     """
     labels = result.sample.labels
@@ -82,7 +83,7 @@ def table_rows(indices: list[int], validation: int, epoch: int, result: Explaine
     rows = []
     for i, index in enumerate(indices):
         row: dict[str, Any] = {"sample": index, "validation": validation, "epoch": epoch}
-        row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]),
+        row.update(label=None if labels is None else int(labels[i]), prediction=int(result.preds[i]) if result.preds[i] >= 0 else None,
                    p_target=float(result.p_target[i]), p_pred=float(result.p_pred[i]), target=int(result.targets[i]),
                    p_label=float(p_label[i]), map_min=float(lows[i]), map_max=float(highs[i]))
         row.update({name: float(values[i]) for name, values in result.per_sample.items()})
@@ -106,7 +107,8 @@ def caption_lines(row: dict[str, Any], step: int, pictures: Pictures) -> list[st
     if row.get("label") is not None:
         p = row.get("p_label", math.nan)
         who.append(f"label {name(row['label'])}" + ("" if p != p else f" p(label) {p:.3f}"))  # NaN: unknown
-    who.append(f"pred {name(row['prediction'])} p(pred) {row['p_pred']:.3f}")
+    p = row["p_pred"]
+    who.append(f"pred {name(row['prediction'])}" + ("" if p != p else f" p(pred) {p:.3f}"))  # NaN: outputs without classes
     lines.append(" · ".join(who))
     lo, hi = format_range(row.get("map_min", math.nan), row.get("map_max", math.nan))
     flat = " (flat)" if "map_min" in row and row["map_min"] == row.get("map_max") else ""

@@ -49,7 +49,7 @@ COLUMNS = (
     "id",             # the image's id (several samples share it when an image holds several classes)
     "label",          # the class explained (the ground truth)
     "class_name",
-    "prediction",     # the model's top-1 class on the clean image
+    "prediction",     # the model's top-1 class on the clean image (-1: its outputs rank no classes)
     "p_label",        # the model's score (softmax probability) of the label on the clean image
     "correct",        # 1 when prediction == label
     "explained",      # 1 when explained and scored (0: skipped by only_correct)

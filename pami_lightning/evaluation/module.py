@@ -259,6 +259,10 @@ class ExplanationModule(pl.LightningModule):
         mask = batch.get("mask")
         masks = mask[rows] if isinstance(mask, Tensor) else None
         clean = self.model_call.clean(images, labels)
+        if self.only_correct and bool((clean.pred < 0).any()):
+            raise ValueError("only_correct=True keeps the images the model classifies correctly, but its outputs have no classes to rank "
+                             "(a callable output= over non-tensor outputs): pass only_correct=False, or an output= the model's top-1 "
+                             "class can be read from")
         correct = clean.pred == labels
         explained = correct if self.only_correct else torch.ones_like(correct)
         out = ExplainedBatch(
