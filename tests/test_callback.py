@@ -141,10 +141,14 @@ class _RandomAugment(Dataset):
         return (x + noise).clamp(0, 1), y, m
 
 
+def _batch_norm(model: TinyLit) -> torch.nn.BatchNorm2d:
+    return next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def _seeded_fit(tmp_path: Any, callbacks: list) -> tuple[L.Trainer, TinyLit]:
     L.seed_everything(7, verbose=False)
     model = TinyLit()
-    model.net[1].eval()  # a user-frozen BatchNorm: must stay in eval mode
+    _batch_norm(model).eval()  # a user-frozen BatchNorm: must stay in eval mode
     train, val = loaders()
     val = DataLoader(_RandomAugment(val.dataset), batch_size=16)
     tr = trainer(tmp_path, callbacks, max_epochs=2, limit_train_batches=3)
@@ -164,7 +168,7 @@ def test_never_changes_training(tmp_path: Any) -> None:
     for (name, p), q in zip(with_cb.state_dict().items(), without.state_dict().values(), strict=False):
         assert torch.equal(p, q), f"{name} differs with the callback"
     assert torch.equal(rng_with[0], rng_without[0]) and np.array_equal(rng_with[1], rng_without[1]) and rng_with[2] == rng_without[2]
-    assert not with_cb.net[1].training and with_cb.net[0].training
+    assert not _batch_norm(with_cb).training and with_cb.net[0].training
     # Around the callback's own hook: same modes, grad mode and RNG states.
     for b, a in zip(before.seen, after.seen, strict=False):
         assert b[0] == a[0] and b[1] == a[1] and b[4] == a[4]

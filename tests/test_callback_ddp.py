@@ -27,7 +27,8 @@ def _fit(tmp_path: Any, devices: int, num_samples: int, val: Any = None, model: 
     L.seed_everything(0, verbose=False)
     # lr=0 and frozen batch-norm statistics: both runs explain the same model, whatever each rank trains on.
     model = model or _pretrained()
-    model.hparams.lr, model.net[1].momentum = 0.0, 0.0
+    model.hparams.lr = 0.0
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).momentum = 0.0
     logger = CSVLogger(tmp_path, name=f"ddp{devices}", version=0)  # the version the ranks wrote to
     cb = callback(num_samples=num_samples, pointing_tolerance=6, batch_size=16)
     strategy = "ddp_fork" if devices > 1 else "auto"

@@ -365,15 +365,29 @@ def test_grey_and_oblong_images_are_drawn_in_colour_at_a_readable_size():
     assert report.grid is not None and report.timeline is not None
 
 
-def test_pictures_encoded_in_parallel_are_the_pngs_of_each_picture():
+def _seven_pictures() -> Report:
     rng = np.random.default_rng(0)
     cards = [rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(5)]
-    report = Report(step=3, prefix="pami", names=[f"sample_{i}" for i in range(5)], captions=[""] * 5, cards=cards,
-                    grid=np.concatenate(cards, axis=0), timeline=rng.integers(0, 256, (30, 90, 3), dtype=np.uint8))
-    report.encode_pictures()
-    serial = Report(step=3, prefix="pami", names=report.names, captions=report.captions, cards=cards, grid=report.grid, timeline=report.timeline)
+    return Report(step=3, prefix="pami", names=[f"sample_{i}" for i in range(5)], captions=[""] * 5, cards=cards,
+                  grid=np.concatenate(cards, axis=0), timeline=rng.integers(0, 256, (30, 90, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("workers", [4, 1])
+def test_pictures_encoded_in_parallel_are_the_pngs_of_each_picture(workers: int):
+    report, serial = _seven_pictures(), _seven_pictures()
+    assert report.encode_pictures(workers=workers) == 7 and report.encode_pictures(workers=workers) == 0  # each once
     for name, image in report.pictures():
         png = report.png(name, image)
         assert png == serial.png(name, image)  # bit for bit what one-by-one encoding gives
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
-    assert len(report.pictures()) == 7
+
+
+def test_dispatch_encodes_the_pngs_only_for_loggers_that_take_them(tmp_path: Any):
+    from lightning.pytorch.loggers import CSVLogger
+
+    files, none = _seven_pictures(), _seven_pictures()
+    dispatch([CSVLogger(tmp_path)], files)
+    assert files.encode_pictures(workers=4) == 0  # all encoded, and written
+    assert len(list((tmp_path / "lightning_logs" / "version_0" / "pami" / "step_000003").glob("*.png"))) == 7
+    dispatch([], none)
+    assert none.encode_pictures(workers=4) == 7  # no logger: nothing was encoded

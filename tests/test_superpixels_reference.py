@@ -404,6 +404,18 @@ def test_cached_labels_are_private_compact_and_bounded():
             Superpixels([seg], cache_mb=bad)
 
 
+def test_pickles_naming_the_segmenters_by_their_0_1_path_still_load():
+    import pickle
+
+    from pami_lightning.partitions import segmenters
+
+    # What a 0.1 pickle of Superpixels holds for its functions: a global at the old module path.
+    for name in ("felzenszwalb", "slic", "seeds", "watershed"):
+        assert pickle.loads(f"cpami_lightning.partitions.superpixels\n{name}\n.".encode()) is getattr(segmenters, name)
+    sp = Superpixels.paper()
+    assert [name for _, _, name in pickle.loads(pickle.dumps(sp)).settings] == [name for _, _, name in sp.settings]
+
+
 def test_cache_is_thread_safe_and_copies_start_empty():
     seg = Counting()
     sp = Superpixels([(seg, {"rows": r}) for r in (2, 4, 8, 16)])

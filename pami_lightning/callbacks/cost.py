@@ -16,7 +16,7 @@ from ..forward import ModelCall
 from ..partitions.base import Partition
 from ..partitions.sliding_window import SlidingWindow
 
-__all__ = ["CountedCall", "PassesBar", "expected_passes", "windows_per_sample"]
+__all__ = ["CountedCall", "PassesBar", "expected_passes", "fit_to_budget", "windows_per_sample", "with_window_budget"]
 
 
 class CountedCall(ModelCall):

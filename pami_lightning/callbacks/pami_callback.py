@@ -93,8 +93,9 @@ class PAMICallback(Callback):
     sanity check are skipped.
 
     **Resume.** The validation count, the drift history and the last values are kept in checkpoints.
-    A resume with other settings (partition, masker, shifts, target) or other samples, or under
-    another ``key_prefix`` / ``dataloader_idx``, starts the drift history afresh, with a warning.
+    A resume with other settings (partition, masker, shifts, target), or under another
+    ``key_prefix`` / ``dataloader_idx``, starts the drift history afresh with a warning; other
+    samples (a new dataset) start it afresh with an info line.
 
     It never changes training: the random states, every submodule's train/eval mode and the weights
     are untouched, and the model runs without autograd.
@@ -260,7 +261,8 @@ class PAMICallback(Callback):
     @property
     def last_scores(self) -> dict[str, float]:
         """The scores of the last explanation, by metric name without the prefix (``"insertion"``,
-        ``"stability"``, ...); empty before the first."""
+        ``"stability"``, ...); empty before the first. They are what in-between validations carry
+        over, so they outlive a change of samples until the next explanation."""
         return dict(self._last)
 
     @property
@@ -277,7 +279,9 @@ class PAMICallback(Callback):
 
     @property
     def timeline_validations(self) -> list[int]:
-        """The validation number (1 = the first) of each column of the drift timeline, oldest first.
+        """The validation count of each column of the drift timeline, oldest first: the fit
+        validation it followed (1 = the first; a ``trainer.validate()`` or ``test()`` column has the
+        count of the last fit validation, 0 before any).
 
         It restarts when the samples or their size change, and keeps the newest 50."""
         return list(self._history.columns)

@@ -16,7 +16,7 @@ from .window_parts import WindowParts
 if TYPE_CHECKING:
     from .pooled import Pooled
 
-__all__ = ["SlidingWindow"]
+__all__ = ["SlidingWindow", "WindowParts"]  # WindowParts: its 0.1 import path
 
 
 class SlidingWindow(Partition):

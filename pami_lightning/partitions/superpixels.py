@@ -17,10 +17,12 @@ from torch import Tensor
 
 from .._warnings import user_stacklevel
 from .base import LabelParts, Partition, PartsOrFuture, consecutive_labels
-from .segmenters import PRESETS, SEGMENTERS, Segmenter, SettingSpec, register_segmenter, resolve_setting, unsupported
+from .segmenters import PRESETS, SEGMENTERS, Segmenter, SettingSpec, felzenszwalb, register_segmenter, resolve_setting, seeds, seeds_supported, slic, unsupported, watershed
 
-# SEGMENTERS and register_segmenter (now in .segmenters) stay importable from here, their 0.1 path.
-__all__ = ["CacheInfo", "Superpixels", "colour_guide", "to_uint8_image", "SEGMENTERS", "register_segmenter"]
+# The segmenters (now in .segmenters) stay importable from here, their 0.1 path: pickles of a
+# Superpixels made by 0.1 name its functions as pami_lightning.partitions.superpixels.<name>.
+__all__ = ["CacheInfo", "Superpixels", "colour_guide", "to_uint8_image",
+           "SEGMENTERS", "register_segmenter", "seeds_supported", "felzenszwalb", "slic", "seeds", "watershed"]
 
 
 def to_uint8_image(x: Tensor) -> np.ndarray:
