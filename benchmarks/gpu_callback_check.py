@@ -9,6 +9,7 @@ callback's scores of one model on the GPU against the CPU (float32, TF32 off).
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -61,11 +62,21 @@ def main() -> None:
     model, val = TinyLit(), loaders()[1]
     got = {}
     for accelerator in ("cpu", "gpu"):
-        tr = _trainer([callback(on_validate=True, pointing_tolerance=0)], accelerator=accelerator)
+        cb = callback(on_validate=True, pointing_tolerance=0)
+        tr = _trainer([cb], accelerator=accelerator)
         tr.validate(model, val, verbose=False)
         got[accelerator] = scores(tr)
     diff = max(abs(got["cpu"][k] - got["gpu"][k]) for k in got["cpu"])
     print(f"gpu_vs_cpu_scores_max_abs_diff: {diff:.2e} ({'ok' if diff < 1e-4 else 'MISMATCH'}) {got['gpu']}")
+
+    # A checkpoint loaded onto the GPU: the restored drift history comes back on the CPU.
+    buffer = io.BytesIO()
+    torch.save(cb.state_dict(), buffer)
+    buffer.seek(0)
+    restored = callback()
+    restored.load_state_dict(torch.load(buffer, map_location="cuda", weights_only=True))
+    maps = restored.last_maps
+    print(f"restored_last_maps_device: {None if maps is None else maps.device} ({'ok' if maps is not None and maps.device.type == 'cpu' else 'WRONG'})")
 
 
 if __name__ == "__main__":
