@@ -48,9 +48,9 @@ class PAMICallback(Callback):
     the validation scalars:
 
     - ``<key_prefix>/<metric>`` for each of ``metrics`` through ``pl_module.log``, so ModelCheckpoint
-      and EarlyStopping can monitor them: ``pointing_game`` (a map without a unique maximum — a flat
-      map — counts as a miss, unlike TorchRay, which takes the first maximum), ``energy_pointing_game``
-      (baseline-subtracted: the map's minimum removed first, so a uniform map scores no energy), and
+      and EarlyStopping can monitor them: ``pointing_game`` (a flat map, without a real maximum,
+      counts as a miss; TorchRay takes its first pixel), ``energy_pointing_game`` (baseline-subtracted:
+      the map's minimum removed first, so a uniform map scores no energy), and
       ``insertion`` / ``deletion``, mean RISE AUCs;
     - ``<key_prefix>/stability``: the mean Spearman rank correlation of each sample's map with its map
       at the previous explained validation (from the second one on);
@@ -65,37 +65,8 @@ class PAMICallback(Callback):
 
     While it works, the forward passes show on the trainer's progress bar.
 
-    **Samples.** Picked without any random generator (evenly spaced over the dataset, or
-    ``sample_indices``), read from the dataset of ``trainer.val_dataloaders[dataloader_idx]``
-    (``test_dataloaders`` under ``trainer.test()``), collated with the loader's ``collate_fn`` (under
-    DDP, global rank zero's are broadcast to every rank) and passed through the same transfer hooks
-    as validation batches. They are read again whenever the loader's dataset is another object (a
-    reused callback, ``reload_dataloaders_every_n_epochs``, validate/test); when they then differ,
-    the drift history starts afresh.
-
-    **Checks before training.** At the start of fit (and of validate/test when explaining there) the
-    samples are read and checked — dataset indices, ``dataloader_idx``, one image size, labels, the
-    engine's input checks (floating-point images in ``[0, 1]``, channels first) and one clean forward
-    pass (labels within the model's classes) — so configuration errors stop the run before its
-    first training step. The samples' size then fixes the window budget and the default pointing
-    tolerance, and settings sized for larger images warn (a window radius of half the image or
-    more, a tolerance above a tenth of it, shifts beyond a quarter of it).
-
-    **Every n-th validation.** The first validation and every ``every_n_validations``-th after it
-    are explained (validations 1, 1 + n, 1 + 2n, ...). The others log the last values again with
-    ``carried_over`` = 1, so monitors find their key at every validation; EarlyStopping's
-    ``patience`` counts validations, carried ones included.
-
-    **Faults never stop training.** An error while explaining, scoring or logging during a run is
-    reported as a warning with its cause, the last values are carried over (each metric's worst
-    value when there is none yet) and ``failed`` is logged as 1; the run goes on (every rank learns of a failure on any rank, so DDP never hangs).
-    ``on_error="raise"`` stops the run instead. fast_dev_run, runs without validation batches and the
-    sanity check are skipped.
-
-    **Resume.** The validation count, the drift history and the last values are kept in checkpoints.
-    A resume with other settings (partition, masker, shifts, target), or under another
-    ``key_prefix`` / ``dataloader_idx``, starts the drift history afresh with a warning; other
-    samples (a new dataset) start it afresh with an info line.
+    How the samples are picked and checked before training, which validations are explained,
+    faults and resuming: :doc:`/guide/callback`.
 
     It never changes training: the random states, every submodule's train/eval mode and the weights
     are untouched, and the model runs without autograd.
