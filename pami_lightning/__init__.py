@@ -2,7 +2,7 @@
 
 from .data import CocoDataset, DatasetError, FolderDataset, VOCDataset, collate
 from .explainer import PAMI, REFERENCE_SHIFTS
-from .forward import ModelCall
+from .forward import Clean, ModelCall
 from .maskers import AttentionMask, Blur, Constant, Masker, TokenMask
 from .metrics import boxes_to_mask
 from .partitions import Partition, Pooled, SlidingWindow, Superpixels, TokenWindows, Words, register_segmenter, word_ids_from_tokens
@@ -35,6 +35,7 @@ __all__ = [
     "PAMI",
     "REFERENCE_SHIFTS",
     "ModelCall",
+    "Clean",
     "Partition",
     "SlidingWindow",
     "Pooled",

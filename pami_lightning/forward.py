@@ -192,6 +192,9 @@ class ModelCall:
         Args:
             inputs: a batch ``[B, ...]`` (or a dict of them).
             target: classes to score ``[B]`` (default: each input's top-1 class).
+
+        Returns:
+            :class:`Clean`: ``pred``, ``target``, ``score``, ``pred_score``, each ``[B]``.
         """
         n = batch_len(inputs)
         device = main_tensor(inputs).device
