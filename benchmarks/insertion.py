@@ -20,7 +20,7 @@ Settings: ``rise`` -- 4 images 3x224x224, ``step=224`` (225 points), batch 64, R
 (5 conv layers).
 
 Run: ``python benchmarks/insertion.py`` (about a minute on 2 CPU cores; ``--threads 1 --clock process``
-for steadier numbers on a shared machine), ``--fast`` for a smoke run, ``--device cuda`` on a GPU.
+for steadier numbers on a shared machine; ``--keep-memory`` with :func:`pami_lightning.keep_freed_memory`), ``--fast`` for a smoke run, ``--device cuda`` on a GPU.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pami_lightning import Blur
+from pami_lightning import Blur, keep_freed_memory
 from pami_lightning.metrics import Deletion, Insertion
 from pami_lightning.metrics.functional import curve_auc
 
@@ -148,7 +148,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall", help="process: CPU seconds of this process (CPU only; steadier on a busy machine)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="pami_lightning.keep_freed_memory() first: glibc keeps freed activations instead of unmapping them")
     args = parser.parse_args()
+    if args.keep_memory and not keep_freed_memory():
+        parser.error("--keep-memory needs glibc's malloc (Linux)")
     global CLOCK
     if args.clock == "process":
         if args.device != "cpu":
@@ -160,7 +164,9 @@ def main() -> None:
     model = make_model().to(device)
     g = torch.Generator().manual_seed(0)
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {where}; model: 5-conv CNN; step: {args.step}; batch_size: {args.batch_size}; best of {args.repeats}; clock: {args.clock}")
+    allocator = "freed memory kept" if args.keep_memory else "glibc defaults"
+    print(f"device: {where}; model: 5-conv CNN; step: {args.step}; batch_size: {args.batch_size}; best of {args.repeats}; clock: {args.clock}; "
+          f"allocator: {allocator}")
 
     n_rise = 2 if args.fast else 4
     step = args.step

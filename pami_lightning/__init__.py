@@ -1,5 +1,6 @@
 """pami-lightning: PAMI black-box explanations as a first-class part of Lightning training."""
 
+from .cpu_memory import keep_freed_memory
 from .data import CocoDataset, DatasetError, FolderDataset, VOCDataset, collate
 from .explainer import PAMI, REFERENCE_SHIFTS
 from .forward import Clean, ModelCall
@@ -36,6 +37,7 @@ __all__ = [
     "REFERENCE_SHIFTS",
     "ModelCall",
     "Clean",
+    "keep_freed_memory",
     "Partition",
     "SlidingWindow",
     "Pooled",

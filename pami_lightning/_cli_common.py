@@ -18,6 +18,8 @@ from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cpu_memory import keep_freed_memory
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
@@ -233,6 +235,7 @@ def warning_printer(prog: str) -> Callable[..., None]:
 
 def run_command(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], object]) -> int:
     """Run a command's body: warnings as ``PROG: warning:`` lines, user errors as one ``PROG: error:`` line and exit status 2."""
+    keep_freed_memory()  # the process is the command's: its CPU forwards need not page-fault their activations in
     with warnings.catch_warnings():
         warnings.showwarning = warning_printer(prog)
         try:
