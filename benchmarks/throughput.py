@@ -61,11 +61,10 @@ under the adaptive threshold, so tiny32 never faults). The ratios printed here a
 it, because the engine and the raw forward both pay it, but not entirely: how often a method frees
 a large block changes the adaptive threshold for what runs next, and the fault cost swings with the
 load of the machine (engine/raw and loop/raw above 1, or far below, on a busy machine are that).
-Use ``--keep-memory`` for stable figures on big inputs: it re-executes this script with
-``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (freed blocks stay in the
-heap; RSS stays at its high-water mark), the same as
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296``.
-Both must be set when the process starts (glibc reads them once). Either alone is worse:
+Use ``--keep-memory`` for stable figures on big inputs: it calls
+:func:`pami_lightning.keep_freed_memory` first (``mallopt``: mmap and trim thresholds of 1 GiB;
+freed blocks stay in the heap; RSS stays at its high-water mark), the same as starting the process
+with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set. Either setting alone is worse:
 ``MALLOC_TRIM_THRESHOLD_`` alone freezes the mmap threshold at 128 KiB (the tiny CNN at 32 then
 faults too and runs ~2.3x slower than with the defaults); ``MALLOC_MMAP_THRESHOLD_`` alone still
 trims the heap top (about half the faults remain). The header line says which settings were in
@@ -97,15 +96,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pami_lightning import PAMI, Blur, SlidingWindow, Superpixels
+from pami_lightning import PAMI, Blur, SlidingWindow, Superpixels, keep_freed_memory
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 #: With --fast, a method whose first round took longer than this runs no further rounds (seconds).
 FAST_ROUND_SECONDS = 10.0
-#: glibc settings of ``--keep-memory``: large freed blocks stay in the heap (no mmap / trim per forward).
-KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 
 
 @dataclass(frozen=True)
@@ -549,6 +546,8 @@ def measure_memory(case: str, method: str, args: argparse.Namespace) -> dict[str
         cmd.append("--channels-last")
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.keep_memory:
+        cmd.append("--keep-memory")
     done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  memory probe {case}:{method} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -713,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-captum", action="store_true", help="skip Captum's Occlusion")
     parser.add_argument("--fast", action="store_true", help="one image per case, short timings, cheap warm-ups")
     parser.add_argument("--keep-memory", action="store_true",
-                        help=f"re-execute with {' '.join(f'{k}={v}' for k, v in KEEP_MEMORY_ENV.items())} (glibc keeps freed blocks)")
+                        help="call pami_lightning.keep_freed_memory() first (glibc keeps freed blocks in the process)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = list(CASES) if args.case == "all" else [c.strip() for c in args.case.split(",") if c.strip()]
@@ -724,7 +723,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def allocator_state() -> str:
+def allocator_state(args: argparse.Namespace) -> str:
+    if args.keep_memory:
+        return "pami_lightning.keep_freed_memory(): mmap and trim thresholds of 1 GiB (freed activations stay in the process)"
     keys = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"]
     set_ = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
     return " ".join(set_) if set_ else "glibc defaults (freed activations go back to the OS; see --keep-memory)"
@@ -732,11 +733,8 @@ def allocator_state() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.keep_memory and any(os.environ.get(k) != v for k, v in KEEP_MEMORY_ENV.items()):
-        # glibc reads these once, at start-up: run again with them set.
-        env = {**os.environ, **KEEP_MEMORY_ENV}
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    if args.keep_memory and not keep_freed_memory():
+        raise SystemExit("--keep-memory needs glibc's malloc (Linux) taking a 1 GiB mmap threshold")
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         case, method = args.memory_probe.split(":")
@@ -745,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} of {os.cpu_count()} cores"
     print(f"torch {torch.__version__}, captum {captum_version() or 'not installed'}; device {device} ({where}); dtype {args.dtype}")
-    print(f"allocator: {allocator_state()}")
+    print(f"allocator: {allocator_state(args)}")
     print(f"{args.repeat} rounds per method, median of per-round ratios; {'--fast' if args.fast else f'{args.images} images per call'}")
     results = []
     for name in args.cases:

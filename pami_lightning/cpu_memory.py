@@ -19,6 +19,8 @@ __all__ = ["keep_freed_memory"]
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+#: The highest mmap threshold older glibc accepts on 64-bit systems (4 MiB x sizeof(long)).
+_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
 
 
 def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
@@ -32,11 +34,12 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
     ``pami-evaluate`` do. Call it once, early, in a CPU job that explains or scores large images.
 
     Args:
-        max_block_bytes: the largest freed block kept (default 1 GiB).
+        max_block_bytes: the largest freed block kept (default 1 GiB; at most 2 GiB - 1, as
+            ``mallopt`` takes an ``int``).
 
     Returns:
-        Whether glibc took both settings: ``False`` off Linux, with another C library (musl,
-        macOS, Windows) or where glibc refuses a threshold that high.
+        Whether glibc took both settings at ``max_block_bytes``: ``False`` off Linux, with another C
+        library (musl, macOS, Windows), or where glibc only takes 32 MiB (it is then set to that).
 
     Example:
         >>> from pami_lightning import keep_freed_memory
@@ -54,6 +57,11 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     value = min(max_block_bytes, 2**31 - 1)  # mallopt takes an int
-    mapped = bool(mallopt(_M_MMAP_THRESHOLD, value))
-    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, value))
-    return mapped and trimmed
+    # The mmap threshold first: a trim threshold set alone would freeze the mmap threshold at its
+    # 128 KiB start (small activations then get mapped too: slower than the defaults). Older glibc
+    # refuses thresholds above 32 MiB.
+    if not mallopt(_M_MMAP_THRESHOLD, value):
+        value = min(value, _GLIBC_MAX_MMAP_THRESHOLD)
+        if not mallopt(_M_MMAP_THRESHOLD, value):
+            return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, value)) and value >= max_block_bytes
